@@ -1,0 +1,172 @@
+//! The YAML file format, as serde sees it. Field names here are the stable public format;
+//! `model.rs` is what the rest of the gateway uses. Every struct denies unknown fields so a
+//! typo is an error, not a silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub version: u32,
+    pub listen: Listen,
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub policies: Policies,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub issuers: Vec<Issuer>,
+    pub routes: Vec<Route>,
+}
+
+/// `listen: "127.0.0.1:8080"` or the long form with TLS.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Listen {
+    Address(String),
+    Full(ListenFull),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFull {
+    pub address: String,
+    pub tls: Option<Tls>,
+    /// Accept HTTP/2 with prior knowledge on plaintext (h2c). Default true.
+    pub h2c: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub threads: Option<usize>,
+    pub grace_period_seconds: Option<u64>,
+    pub graceful_shutdown_timeout_seconds: Option<u64>,
+    pub upstream_keepalive_pool_size: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policies {
+    /// Directory of `*.rego` files, relative to the config file. Default `policies`
+    /// next to the config file, else `./policies`.
+    pub dir: Option<String>,
+    /// Wall-clock limit of one evaluation. Default 50 ms.
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Verified-token cache size. Default 100000.
+    pub token_cache_entries: Option<usize>,
+    /// Largest JWKS document accepted. Default 1 MiB.
+    pub jwks_max_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issuer {
+    pub name: String,
+    pub issuer: String,
+    pub jwks_uri: Option<String>,
+    pub jwks_file: Option<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Option<Vec<String>>,
+    pub leeway_seconds: Option<u64>,
+    pub roles: Option<Roles>,
+    #[serde(default)]
+    pub jwks: JwksOptions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksOptions {
+    /// Refresh period when the IdP sends no Cache-Control max-age. Default 300 s.
+    pub refresh_seconds: Option<u64>,
+    /// Bounds applied to the IdP's max-age. Defaults 60 s and 86400 s.
+    pub min_refresh_seconds: Option<u64>,
+    pub max_refresh_seconds: Option<u64>,
+    /// An unknown `kid` triggers at most one refetch per this many seconds. Default 30.
+    pub unknown_kid_cooldown_seconds: Option<u64>,
+    /// Time limit of one JWKS fetch. Default 5000 ms.
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roles {
+    pub claim: String,
+    pub grants: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: Match,
+    pub upstream: String,
+    pub auth: Option<Auth>,
+    /// Explicitly serve this route without authentication.
+    #[serde(default)]
+    pub public: bool,
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub policy_body: bool,
+    /// Largest body read for `policy_body`. Default 65536 (also the maximum).
+    pub max_body_bytes: Option<usize>,
+    /// Headers given to the policy; default: all but credentials (authorization, cookie, ...).
+    pub policy_headers: Option<Vec<String>>,
+    #[serde(default)]
+    pub forward_token: bool,
+    /// Keep the client's Host header instead of the upstream's authority.
+    #[serde(default)]
+    pub preserve_host: bool,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    pub issuer: String,
+    #[serde(default)]
+    pub require_scopes: Vec<String>,
+    pub agents: Option<Vec<String>>,
+    pub subjects: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    pub connect_ms: Option<u64>,
+    pub read_ms: Option<u64>,
+    pub write_ms: Option<u64>,
+    pub idle_ms: Option<u64>,
+}

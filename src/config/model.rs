@@ -1,0 +1,247 @@
+//! The validated, internal model of a configuration. Nothing here is a public format: the
+//! file format lives in `file.rs`; this is what the gateway runs on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+
+use crate::roles::RoleMap;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from.
+    pub source: PathBuf,
+    pub listen: ListenSpec,
+    pub admin_listen: Option<SocketAddr>,
+    pub server: ServerSpec,
+    pub policy_dir: PathBuf,
+    pub policy_timeout: Duration,
+    pub token_cache_entries: usize,
+    pub jwks_max_bytes: usize,
+    pub issuers: Vec<Arc<IssuerSpec>>,
+    pub routes: Vec<Arc<RouteSpec>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenSpec {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub h2c: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    pub threads: usize,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub upstream_keepalive_pool_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    Uri(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct JwksTiming {
+    pub default_refresh: Duration,
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+    pub unknown_kid_cooldown: Duration,
+    pub fetch_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerSpec {
+    pub name: Arc<str>,
+    pub issuer: String,
+    pub keys: KeySource,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway_seconds: u64,
+    pub roles: Option<RoleMap>,
+    pub jwks: JwksTiming,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: Arc<str>,
+    pub matcher: RouteMatch,
+    pub upstream: Upstream,
+    pub auth: Option<AuthSpec>,
+    /// Rego package evaluated for this route (`data.<package>.decision`).
+    pub policy: Option<String>,
+    pub policy_body: bool,
+    pub max_body_bytes: usize,
+    /// Lower-case header names given to the policy; `None` = all but credentials.
+    pub policy_headers: Option<Vec<String>>,
+    pub forward_token: bool,
+    pub preserve_host: bool,
+    pub timeouts: UpstreamTimeouts,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    /// Lower-case host without port; a leading `*.` matches any subdomain.
+    pub host: Option<String>,
+    /// Segment-aware prefix: `/a` matches `/a` and `/a/b`, not `/ab`.
+    pub path_prefix: Option<String>,
+    /// Upper-case methods; `None` = any.
+    pub methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub url: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Resolved once at load time.
+    pub addr: SocketAddr,
+    /// `host[:port]` as sent in the Host header.
+    pub authority: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSpec {
+    /// Index into `Config::issuers`.
+    pub issuer: usize,
+    pub require_scopes: Vec<String>,
+    pub agents: Option<Vec<String>>,
+    pub subjects: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamTimeouts {
+    pub connect: Option<Duration>,
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
+    pub idle: Option<Duration>,
+}
+
+/// The outcome of matching a request against the routes.
+#[derive(Debug)]
+pub enum RouteLookup<'a> {
+    Found(&'a Arc<RouteSpec>),
+    /// Some route matched host and path, none the method.
+    MethodNotAllowed,
+    NotFound,
+}
+
+impl RouteMatch {
+    fn host_matches(&self, host: &str) -> bool {
+        let Some(want) = &self.host else { return true };
+        let host = strip_port(host);
+        match want.strip_prefix("*.") {
+            Some(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
+            None => host.eq_ignore_ascii_case(want),
+        }
+    }
+
+    fn path_matches(&self, path: &str) -> bool {
+        let Some(prefix) = &self.path_prefix else {
+            return true;
+        };
+        if !path.starts_with(prefix.as_str()) {
+            return false;
+        }
+        prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'
+    }
+
+    fn method_matches(&self, method: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| x == method))
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split(']').next().map_or(host, |h| &h[1..]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+impl Config {
+    /// First route, in file order, whose host, path and method match.
+    pub fn find_route(&self, host: &str, path: &str, method: &str) -> RouteLookup<'_> {
+        let mut method_mismatch = false;
+        for route in &self.routes {
+            let m = &route.matcher;
+            if m.host_matches(host) && m.path_matches(path) {
+                if m.method_matches(method) {
+                    return RouteLookup::Found(route);
+                }
+                method_mismatch = true;
+            }
+        }
+        if method_mismatch {
+            RouteLookup::MethodNotAllowed
+        } else {
+            RouteLookup::NotFound
+        }
+    }
+
+    pub fn issuer(&self, index: usize) -> &Arc<IssuerSpec> {
+        &self.issuers[index]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RouteMatch;
+
+    fn m(host: Option<&str>, prefix: Option<&str>, methods: Option<&[&str]>) -> RouteMatch {
+        RouteMatch {
+            host: host.map(str::to_string),
+            path_prefix: prefix.map(str::to_string),
+            methods: methods.map(|v| v.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn path_prefix_is_segment_aware() {
+        let r = m(None, Some("/invoices"), None);
+        assert!(r.path_matches("/invoices"));
+        assert!(r.path_matches("/invoices/42"));
+        assert!(!r.path_matches("/invoicesX"));
+        assert!(!r.path_matches("/other"));
+        let slash = m(None, Some("/api/"), None);
+        assert!(slash.path_matches("/api/x"));
+        assert!(!slash.path_matches("/api"));
+    }
+
+    #[test]
+    fn host_matching_ignores_port_and_case() {
+        let r = m(Some("api.example.com"), None, None);
+        assert!(r.host_matches("API.example.com:8080"));
+        assert!(!r.host_matches("evil.com"));
+        let wild = m(Some("*.example.com"), None, None);
+        assert!(wild.host_matches("a.example.com"));
+        assert!(!wild.host_matches("example.com"));
+        assert!(!wild.host_matches("aexample.com"));
+        let v6 = m(Some("::1"), None, None);
+        assert!(v6.host_matches("[::1]:8080"));
+    }
+
+    #[test]
+    fn methods_filter() {
+        let r = m(None, None, Some(&["GET", "POST"]));
+        assert!(r.method_matches("GET"));
+        assert!(!r.method_matches("DELETE"));
+    }
+}

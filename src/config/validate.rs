@@ -1,0 +1,523 @@
+//! `file::FileConfig` → `model::Config`: every check that can be made without the network.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+
+use super::file;
+use super::model::{
+    AuthSpec, Config, IssuerSpec, JwksTiming, KeySource, ListenSpec, RouteMatch, RouteSpec,
+    ServerSpec, TlsFiles, Upstream, UpstreamTimeouts,
+};
+use super::{ConfigError, Source};
+use crate::roles::RoleMap;
+
+/// Largest body a route may read for its policy; pingora's retry buffer holds this much.
+pub const MAX_POLICY_BODY: usize = 64 * 1024;
+const ALLOWED_ALGS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigError> {
+    if raw.version != 1 {
+        return Err(src.error(
+            "version",
+            format!(
+                "unsupported version {} (this build reads version 1)",
+                raw.version
+            ),
+        ));
+    }
+    let base = src.base_dir();
+    let listen = listen(src, &base, raw.listen)?;
+    let admin_listen = raw
+        .admin
+        .map(|a| socket_addr(src, "admin.listen", &a.listen))
+        .transpose()?;
+    if admin_listen == Some(listen.addr) {
+        return Err(src.error("admin.listen", "must differ from `listen`"));
+    }
+    let server = ServerSpec {
+        threads: positive(src, "server.threads", raw.server.threads, 2)?,
+        grace_period_seconds: raw.server.grace_period_seconds.unwrap_or(5),
+        graceful_shutdown_timeout_seconds: raw
+            .server
+            .graceful_shutdown_timeout_seconds
+            .unwrap_or(5),
+        upstream_keepalive_pool_size: positive(
+            src,
+            "server.upstream_keepalive_pool_size",
+            raw.server.upstream_keepalive_pool_size,
+            128,
+        )?,
+    };
+    let policy_dir = match &raw.policies.dir {
+        Some(d) => base.join(d),
+        None => default_policy_dir(&base),
+    };
+    let policy_timeout = Duration::from_millis(positive(
+        src,
+        "policies.timeout_ms",
+        raw.policies.timeout_ms,
+        50,
+    )?);
+
+    let mut issuers = Vec::with_capacity(raw.issuers.len());
+    let mut names = HashSet::new();
+    for (i, iss) in raw.issuers.into_iter().enumerate() {
+        let at = format!("issuers[{i}]");
+        if !names.insert(iss.name.clone()) {
+            return Err(src.error(
+                &format!("{at}.name"),
+                format!("duplicate issuer name '{}'", iss.name),
+            ));
+        }
+        issuers.push(Arc::new(issuer(src, &base, &at, iss)?));
+    }
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut route_names = HashSet::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if !route_names.insert(r.name.clone()) {
+            return Err(src.error(
+                &format!("{at}.name"),
+                format!("duplicate route name '{}'", r.name),
+            ));
+        }
+        routes.push(Arc::new(route(src, &at, r, &issuers)?));
+    }
+    if routes.is_empty() {
+        return Err(src.error("routes", "at least one route is required"));
+    }
+
+    Ok(Config {
+        source: src.file.clone(),
+        listen,
+        admin_listen,
+        server,
+        policy_dir,
+        policy_timeout,
+        token_cache_entries: positive(
+            src,
+            "limits.token_cache_entries",
+            raw.limits.token_cache_entries,
+            100_000,
+        )?,
+        jwks_max_bytes: positive(
+            src,
+            "limits.jwks_max_bytes",
+            raw.limits.jwks_max_bytes,
+            1 << 20,
+        )?,
+        issuers,
+        routes,
+    })
+}
+
+fn default_policy_dir(base: &Path) -> PathBuf {
+    let beside = base.join("policies");
+    if beside.is_dir() {
+        return beside;
+    }
+    // `config/x.yaml` next to a top-level `policies/`
+    match base.parent() {
+        Some(parent) if parent.join("policies").is_dir() => parent.join("policies"),
+        _ => beside,
+    }
+}
+
+fn positive<T: Default + PartialEq + Copy>(
+    src: &Source,
+    field: &str,
+    value: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match value {
+        Some(v) if v == T::default() => Err(src.error(field, "must be greater than 0")),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+fn socket_addr(src: &Source, field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    let addr = SocketAddr::from_str(value).map_err(|_| {
+        src.error(
+            field,
+            format!("'{value}' is not an IP:port address (e.g. 127.0.0.1:8080)"),
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(src.error(field, "port 0 is not allowed"));
+    }
+    Ok(addr)
+}
+
+fn listen(src: &Source, base: &Path, l: file::Listen) -> Result<ListenSpec, ConfigError> {
+    match l {
+        file::Listen::Address(a) => Ok(ListenSpec {
+            addr: socket_addr(src, "listen", &a)?,
+            tls: None,
+            h2c: true,
+        }),
+        file::Listen::Full(f) => {
+            let tls = match f.tls {
+                Some(t) => {
+                    let files = TlsFiles {
+                        cert_file: base.join(t.cert_file),
+                        key_file: base.join(t.key_file),
+                    };
+                    for (name, p) in [
+                        ("cert_file", &files.cert_file),
+                        ("key_file", &files.key_file),
+                    ] {
+                        if !p.is_file() {
+                            return Err(src.error(
+                                &format!("listen.tls.{name}"),
+                                format!("file not found: {}", p.display()),
+                            ));
+                        }
+                    }
+                    Some(files)
+                }
+                None => None,
+            };
+            Ok(ListenSpec {
+                addr: socket_addr(src, "listen.address", &f.address)?,
+                tls,
+                h2c: f.h2c.unwrap_or(true),
+            })
+        }
+    }
+}
+
+fn issuer(
+    src: &Source,
+    base: &Path,
+    at: &str,
+    iss: file::Issuer,
+) -> Result<IssuerSpec, ConfigError> {
+    if iss.name.is_empty() {
+        return Err(src.error(&format!("{at}.name"), "must not be empty"));
+    }
+    if iss.issuer.is_empty() {
+        return Err(src.error(&format!("{at}.issuer"), "must not be empty"));
+    }
+    let keys = match (iss.jwks_uri, iss.jwks_file) {
+        (Some(uri), None) => {
+            let url = url::Url::parse(&uri).map_err(|e| {
+                src.error(
+                    &format!("{at}.jwks_uri"),
+                    format!("invalid URL '{uri}': {e}"),
+                )
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(src.error(&format!("{at}.jwks_uri"), "must be an http or https URL"));
+            }
+            KeySource::Uri(uri)
+        }
+        (None, Some(path)) => KeySource::File(base.join(path)),
+        _ => {
+            return Err(src.error(at, "set exactly one of `jwks_uri` and `jwks_file`"));
+        }
+    };
+    if iss.audiences.is_empty() || iss.audiences.iter().any(String::is_empty) {
+        return Err(src.error(
+            &format!("{at}.audiences"),
+            "list at least one non-empty audience",
+        ));
+    }
+    let names = iss
+        .algorithms
+        .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()]);
+    if names.is_empty() {
+        return Err(src.error(&format!("{at}.algorithms"), "list at least one algorithm"));
+    }
+    let mut algorithms = Vec::new();
+    for n in &names {
+        if !ALLOWED_ALGS.contains(&n.as_str()) {
+            return Err(src.error(
+                &format!("{at}.algorithms"),
+                format!(
+                    "algorithm '{n}' is not allowed (use one of {})",
+                    ALLOWED_ALGS.join(", ")
+                ),
+            ));
+        }
+        algorithms.push(Algorithm::from_str(n).map_err(|_| {
+            src.error(
+                &format!("{at}.algorithms"),
+                format!("unknown algorithm '{n}'"),
+            )
+        })?);
+    }
+    let leeway_seconds = iss.leeway_seconds.unwrap_or(30);
+    if leeway_seconds > 300 {
+        return Err(src.error(&format!("{at}.leeway_seconds"), "at most 300 seconds"));
+    }
+    let roles = match iss.roles {
+        Some(r) => {
+            if r.claim.is_empty() {
+                return Err(src.error(&format!("{at}.roles.claim"), "must not be empty"));
+            }
+            if let Some((role, _)) = r
+                .grants
+                .iter()
+                .find(|(_, s)| s.iter().any(String::is_empty))
+            {
+                return Err(src.error(
+                    &format!("{at}.roles.grants.{role}"),
+                    "scope names must not be empty",
+                ));
+            }
+            Some(RoleMap::new(r.claim, r.grants))
+        }
+        None => None,
+    };
+    let j = iss.jwks;
+    let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
+    let jwks = JwksTiming {
+        default_refresh: secs(j.refresh_seconds, 300),
+        min_refresh: secs(j.min_refresh_seconds, 60),
+        max_refresh: secs(j.max_refresh_seconds, 86_400),
+        unknown_kid_cooldown: secs(j.unknown_kid_cooldown_seconds, 30),
+        fetch_timeout: Duration::from_millis(j.timeout_ms.unwrap_or(5_000)),
+    };
+    if jwks.min_refresh > jwks.max_refresh || jwks.default_refresh.is_zero() {
+        return Err(src.error(
+            &format!("{at}.jwks"),
+            "need 0 < refresh_seconds and min_refresh_seconds <= max_refresh_seconds",
+        ));
+    }
+    Ok(IssuerSpec {
+        name: Arc::from(iss.name.as_str()),
+        issuer: iss.issuer,
+        keys,
+        audiences: iss.audiences,
+        algorithms,
+        leeway_seconds,
+        roles,
+        jwks,
+    })
+}
+
+fn route(
+    src: &Source,
+    at: &str,
+    r: file::Route,
+    issuers: &[Arc<IssuerSpec>],
+) -> Result<RouteSpec, ConfigError> {
+    if r.name.is_empty()
+        || !r
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(src.error(&format!("{at}.name"), "use 1+ characters of [A-Za-z0-9-_.]"));
+    }
+    let matcher = route_match(src, at, r.matcher)?;
+    let upstream = upstream(src, &format!("{at}.upstream"), &r.upstream)?;
+    let auth = match (r.auth, r.public) {
+        (Some(_), true) => {
+            return Err(src.error(
+                &format!("{at}.public"),
+                "a route is either `public: true` or has `auth`",
+            ))
+        }
+        (None, false) => {
+            return Err(src.error(
+                at,
+                "every route needs `auth:` (or an explicit `public: true`); routes fail closed",
+            ))
+        }
+        (None, true) => None,
+        (Some(a), false) => Some(auth(src, &format!("{at}.auth"), a, issuers)?),
+    };
+    if r.policy.is_some() && auth.is_none() {
+        return Err(src.error(
+            &format!("{at}.policy"),
+            "a policy needs an authenticated route (`auth:`)",
+        ));
+    }
+    if let Some(p) = &r.policy {
+        let ok = !p.is_empty()
+            && p.split('.').all(|s| {
+                s.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+        if !ok {
+            return Err(src.error(
+                &format!("{at}.policy"),
+                format!("'{p}' is not a Rego package name"),
+            ));
+        }
+    }
+    if r.policy_body && r.policy.is_none() {
+        return Err(src.error(&format!("{at}.policy_body"), "needs `policy:`"));
+    }
+    let max_body_bytes = r.max_body_bytes.unwrap_or(MAX_POLICY_BODY);
+    if max_body_bytes == 0 || max_body_bytes > MAX_POLICY_BODY {
+        return Err(src.error(
+            &format!("{at}.max_body_bytes"),
+            format!("must be between 1 and {MAX_POLICY_BODY}"),
+        ));
+    }
+    let ms = |v: Option<u64>| v.map(Duration::from_millis);
+    Ok(RouteSpec {
+        name: Arc::from(r.name.as_str()),
+        matcher,
+        upstream,
+        auth,
+        policy: r.policy,
+        policy_body: r.policy_body,
+        max_body_bytes,
+        policy_headers: r
+            .policy_headers
+            .map(|h| h.into_iter().map(|s| s.to_ascii_lowercase()).collect()),
+        forward_token: r.forward_token,
+        preserve_host: r.preserve_host,
+        timeouts: UpstreamTimeouts {
+            connect: ms(r.timeouts.connect_ms),
+            read: ms(r.timeouts.read_ms),
+            write: ms(r.timeouts.write_ms),
+            idle: ms(r.timeouts.idle_ms),
+        },
+    })
+}
+
+fn route_match(src: &Source, at: &str, m: file::Match) -> Result<RouteMatch, ConfigError> {
+    if let Some(p) = &m.path_prefix {
+        if !p.starts_with('/') {
+            return Err(src.error(&format!("{at}.match.path_prefix"), "must start with '/'"));
+        }
+    }
+    let methods = match m.methods {
+        Some(list) => {
+            if list.is_empty() {
+                return Err(src.error(&format!("{at}.match.methods"), "list at least one method"));
+            }
+            let mut out = Vec::new();
+            for method in list {
+                if http::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
+                    return Err(src.error(
+                        &format!("{at}.match.methods"),
+                        format!("'{method}' is not an HTTP method"),
+                    ));
+                }
+                out.push(method.to_ascii_uppercase());
+            }
+            Some(out)
+        }
+        None => None,
+    };
+    Ok(RouteMatch {
+        host: m.host.map(|h| h.to_ascii_lowercase()),
+        path_prefix: m.path_prefix,
+        methods,
+    })
+}
+
+fn upstream(src: &Source, field: &str, raw: &str) -> Result<Upstream, ConfigError> {
+    let url =
+        url::Url::parse(raw).map_err(|e| src.error(field, format!("invalid URL '{raw}': {e}")))?;
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        s => {
+            return Err(src.error(
+                field,
+                format!("scheme '{s}' is not supported (http or https)"),
+            ))
+        }
+    };
+    if !matches!(url.path(), "" | "/") || url.query().is_some() {
+        return Err(src.error(
+            field,
+            "an upstream URL has no path or query: paths are forwarded as received",
+        ));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| src.error(field, "the URL has no host"))?
+        .to_string();
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    let lookup = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = (lookup, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| src.error(field, format!("cannot resolve host '{host}'")))?;
+    let authority = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
+    Ok(Upstream {
+        url: raw.to_string(),
+        tls,
+        host: lookup.to_string(),
+        port,
+        addr,
+        authority,
+    })
+}
+
+fn auth(
+    src: &Source,
+    at: &str,
+    a: file::Auth,
+    issuers: &[Arc<IssuerSpec>],
+) -> Result<AuthSpec, ConfigError> {
+    let index = issuers
+        .iter()
+        .position(|i| *i.name == *a.issuer)
+        .ok_or_else(|| {
+            let known: Vec<&str> = issuers.iter().map(|i| &*i.name).collect();
+            src.error(
+                &format!("{at}.issuer"),
+                format!(
+                    "unknown issuer '{}' (known: {})",
+                    a.issuer,
+                    known.join(", ")
+                ),
+            )
+        })?;
+    if let Some(roles) = &issuers[index].roles {
+        let grantable = roles.grantable();
+        if let Some(s) = a
+            .require_scopes
+            .iter()
+            .find(|s| !grantable.contains(s.as_str()))
+        {
+            return Err(src.error(
+                &format!("{at}.require_scopes"),
+                format!(
+                    "scope '{s}' is granted by no role of issuer '{}', so this route could never be used",
+                    a.issuer
+                ),
+            ));
+        }
+    }
+    for (name, list) in [("agents", &a.agents), ("subjects", &a.subjects)] {
+        if list.as_ref().is_some_and(|l| l.is_empty()) {
+            return Err(src.error(
+                &format!("{at}.{name}"),
+                "an empty list would deny everyone; remove it or list ids",
+            ));
+        }
+    }
+    Ok(AuthSpec {
+        issuer: index,
+        require_scopes: a.require_scopes,
+        agents: a.agents,
+        subjects: a.subjects,
+    })
+}

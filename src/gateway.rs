@@ -1,0 +1,187 @@
+//! One loaded configuration, ready to serve: validated config, compiled policies, token
+//! verifier and metrics. `proxy` holds one of these; nothing here knows pingora.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::auth::jwks::IssuerKeys;
+use crate::auth::{Source as TokenSource, Verified, Verifier};
+use crate::config::model::{Config, KeySource, RouteSpec};
+use crate::config::{self, ConfigError, Source};
+use crate::metrics::Metrics;
+use crate::policy::input::{self, RequestInfo};
+use crate::policy::rego::{entrypoint, PolicyLoadError, PolicySet};
+use crate::policy::{check_identity, Decision, Refusal};
+
+pub struct Gateway {
+    pub config: Config,
+    pub source: Source,
+    pub policies: PolicySet,
+    /// `data.<package>.decision` per route, in route order.
+    entrypoints: Vec<Option<String>>,
+    pub verifier: Verifier,
+    pub metrics: Metrics,
+}
+
+/// A bearer token from the Authorization header values of a request.
+pub fn bearer<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Result<&'a str, Refusal> {
+    let Some(first) = values.next() else {
+        return Err(Refusal::MissingToken);
+    };
+    if values.next().is_some() {
+        return Err(Refusal::BadRequest("more than one Authorization header"));
+    }
+    let value = std::str::from_utf8(first)
+        .map_err(|_| Refusal::BadRequest("malformed Authorization header"))?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Refusal::MissingToken);
+    }
+    let token = token.trim_start_matches(' ');
+    let b64token = |c: char| c.is_ascii_alphanumeric() || "-._~+/".contains(c);
+    let body = token.trim_end_matches('=');
+    if body.is_empty() || !body.chars().all(b64token) {
+        return Err(Refusal::InvalidToken(crate::claims::TokenError::Malformed));
+    }
+    Ok(token)
+}
+
+impl Gateway {
+    /// Load and validate `path`, compile its policies and load file-based keys. Nothing is
+    /// fetched from the network.
+    pub fn load(path: &Path) -> Result<Gateway, ConfigError> {
+        let (source, config) = config::load(path)?;
+        let packages: Vec<&str> = config
+            .routes
+            .iter()
+            .filter_map(|r| r.policy.as_deref())
+            .collect();
+        let policies = PolicySet::load(&config.policy_dir, &packages, config.policy_timeout)
+            .map_err(|e| policy_error(&source, &config, e))?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| source.error("issuers", format!("cannot build HTTP client: {e}")))?;
+        let mut keys = Vec::new();
+        for (i, spec) in config.issuers.iter().enumerate() {
+            let k = Arc::new(IssuerKeys::new(
+                spec.clone(),
+                client.clone(),
+                config.jwks_max_bytes,
+            ));
+            if let KeySource::File(_) = spec.keys {
+                k.load_file()
+                    .map_err(|e| source.error(&format!("issuers[{i}].jwks_file"), e))?;
+            }
+            keys.push(k);
+        }
+        let entrypoints = config
+            .routes
+            .iter()
+            .map(|r| r.policy.as_deref().map(entrypoint))
+            .collect();
+        let metrics = Metrics::new(config.routes.iter().map(|r| &*r.name));
+        let verifier = Verifier::new(keys, config.token_cache_entries);
+        Ok(Gateway {
+            config,
+            source,
+            policies,
+            entrypoints,
+            verifier,
+            metrics,
+        })
+    }
+
+    /// Verify the bearer token for `route` and apply its identity checks.
+    pub async fn authenticate(
+        &self,
+        route: &RouteSpec,
+        token: &str,
+    ) -> Result<(Arc<Verified>, TokenSource), Refusal> {
+        let Some(auth) = &route.auth else {
+            return Err(Refusal::PolicyError);
+        };
+        let (verified, source) = self.verifier.verify(auth.issuer, token).await?;
+        check_identity(auth, &verified.identity)?;
+        Ok((verified, source))
+    }
+
+    /// Evaluate the route's policy, if it has one. `Err` carries the policy failure detail
+    /// (for the log); the caller denies.
+    pub fn decide(
+        &self,
+        route_index: usize,
+        verified: &Verified,
+        request: RequestInfo<'_>,
+    ) -> Result<Decision, String> {
+        let route = &self.config.routes[route_index];
+        match &self.entrypoints[route_index] {
+            None => Ok(Decision::Allow),
+            Some(entry) => {
+                let doc = input::build(&route.name, request, &verified.subject);
+                self.policies.decide(entry, doc)
+            }
+        }
+    }
+
+    pub fn route_index(&self, route: &Arc<RouteSpec>) -> usize {
+        self.config
+            .routes
+            .iter()
+            .position(|r| Arc::ptr_eq(r, route))
+            .unwrap_or(0)
+    }
+}
+
+fn policy_error(source: &Source, config: &Config, e: PolicyLoadError) -> ConfigError {
+    let route_of = |package: &str| {
+        config
+            .routes
+            .iter()
+            .position(|r| r.policy.as_deref() == Some(package))
+            .map_or_else(|| "policies".to_string(), |i| format!("routes[{i}].policy"))
+    };
+    match &e {
+        PolicyLoadError::MissingPackage { package, .. } | PolicyLoadError::Rule { package, .. } => {
+            source.error(&route_of(package), e.to_string())
+        }
+        PolicyLoadError::Compile { .. }
+        | PolicyLoadError::Read { .. }
+        | PolicyLoadError::Dir { .. } => source.error("policies.dir", e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+    use crate::policy::Refusal;
+
+    #[test]
+    fn bearer_parsing() {
+        let v = |s: &'static str| vec![s.as_bytes()];
+        assert_eq!(
+            bearer(v("Bearer abc.def-_~+/=").into_iter()),
+            Ok("abc.def-_~+/=")
+        );
+        assert_eq!(bearer(v("bearer abc").into_iter()), Ok("abc"));
+        assert_eq!(bearer(std::iter::empty()), Err(Refusal::MissingToken));
+        assert_eq!(
+            bearer(v("Basic dXNlcjpwYXNz").into_iter()),
+            Err(Refusal::MissingToken)
+        );
+        assert!(matches!(
+            bearer(v("Bearer ").into_iter()),
+            Err(Refusal::InvalidToken(_))
+        ));
+        assert!(matches!(
+            bearer(v("Bearer a b").into_iter()),
+            Err(Refusal::InvalidToken(_))
+        ));
+        let two = vec!["Bearer a".as_bytes(), "Bearer b".as_bytes()];
+        assert!(matches!(
+            bearer(two.into_iter()),
+            Err(Refusal::BadRequest(_))
+        ));
+    }
+}

@@ -1,0 +1,18 @@
+//! portcullis: a reverse-proxy gateway that enforces identity and policy on AI agents.
+//!
+//! Pure decision core (no pingora, unit-testable alone): `config`, `claims`, `roles`,
+//! `policy`, `respond`, `metrics`, `gateway`, `auth` (its only I/O is fetching JWKS).
+//! pingora glue: `proxy`, `admin`, `server`.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod claims;
+pub mod config;
+pub mod gateway;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod respond;
+pub mod roles;
+pub mod server;

@@ -1,0 +1,120 @@
+//! `portcullis run|check|policy test`. Plain `fn main`: pingora owns its runtimes.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use portcullis::gateway::Gateway;
+use portcullis::policy::testing;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Identity- and policy-aware gateway for AI agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic with a configuration file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and compile its policies; exit non-zero on any error.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Policy tooling.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run every `test_*` rule in `*_test.rego` files (like `opa test`).
+    Test {
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("PORTCULLIS_LOG_FORMAT").as_deref() == Ok("text") {
+        builder.init();
+    } else {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Gateway::load(&config) {
+            Ok(g) => {
+                println!(
+                    "{}: OK ({} issuers, {} routes, {} policy files)",
+                    config.display(),
+                    g.config.issuers.len(),
+                    g.config.routes.len(),
+                    g.policies.files().len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            init_tracing();
+            let gateway = match Gateway::load(&config) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match portcullis::server::run(gateway) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Policy {
+            command: PolicyCommand::Test { dir },
+        } => match testing::run(&dir) {
+            Ok(results) => {
+                let mut out = std::io::stdout();
+                match testing::report(&results, &mut out) {
+                    Ok(true) => ExitCode::SUCCESS,
+                    _ => ExitCode::FAILURE,
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,195 @@
+//! Prometheus metrics, registered in a registry the admin endpoint serves. Per-route children
+//! are resolved once at start so the request path does no label hashing.
+
+use std::collections::HashMap;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::policy::Refusal;
+
+/// Buckets of the authorization-latency histogram, in seconds (5 µs … 1 s).
+const AUTHZ_BUCKETS: &[f64] = &[
+    5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0,
+];
+
+pub struct RouteMetrics {
+    pub allowed: IntCounter,
+    denied: Vec<(&'static str, IntCounter)>,
+    pub authz_seconds: Histogram,
+    pub policy_errors: IntCounter,
+    pub upstream_errors: IntCounter,
+    responses: [IntCounter; 5],
+}
+
+impl RouteMetrics {
+    pub fn denied(&self, label: &str) -> Option<&IntCounter> {
+        self.denied
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, c)| c)
+    }
+
+    pub fn response(&self, status: u16) {
+        if (100..600).contains(&status) {
+            self.responses[(status / 100 - 1) as usize].inc();
+        }
+    }
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    routes: HashMap<String, RouteMetrics>,
+    /// Requests that matched no route.
+    pub unrouted: RouteMetrics,
+    pub token_cache_hits: IntCounter,
+    pub token_cache_misses: IntCounter,
+    pub token_cache_entries: IntGauge,
+    jwks_refresh: IntCounterVec,
+    jwks_keys: IntGaugeVec,
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    // Names are fixed and distinct, so registration cannot collide.
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+impl Metrics {
+    pub fn new<'a>(routes: impl IntoIterator<Item = &'a str>) -> Metrics {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("metric"),
+            )
+        };
+        let decisions = counter_vec(
+            "portcullis_decisions_total",
+            "Authorization decisions by route, decision and reason",
+            &["route", "decision", "reason"],
+        );
+        let responses = counter_vec(
+            "portcullis_responses_total",
+            "Responses sent downstream by route and status class",
+            &["route", "class"],
+        );
+        let policy_errors = counter_vec(
+            "portcullis_policy_errors_total",
+            "Policy evaluations that failed or timed out (each denied)",
+            &["route"],
+        );
+        let upstream_errors = counter_vec(
+            "portcullis_upstream_errors_total",
+            "Allowed requests whose upstream failed",
+            &["route"],
+        );
+        let authz = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "portcullis_authz_duration_seconds",
+                    "Time spent on the decision path (token, identity checks, policy)",
+                )
+                .buckets(AUTHZ_BUCKETS.to_vec()),
+                &["route"],
+            )
+            .expect("metric"),
+        );
+        let per_route = |name: &str| RouteMetrics {
+            allowed: decisions.with_label_values(&[name, "allow", "allowed"]),
+            denied: Refusal::LABELS
+                .iter()
+                .map(|l| (*l, decisions.with_label_values(&[name, "deny", l])))
+                .collect(),
+            authz_seconds: authz.with_label_values(&[name]),
+            policy_errors: policy_errors.with_label_values(&[name]),
+            upstream_errors: upstream_errors.with_label_values(&[name]),
+            responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|c| responses.with_label_values(&[name, c])),
+        };
+        let routes = routes
+            .into_iter()
+            .map(|r| (r.to_string(), per_route(r)))
+            .collect();
+        let unrouted = per_route("none");
+        let cache = counter_vec(
+            "portcullis_token_cache_total",
+            "Verified-token cache lookups",
+            &["result"],
+        );
+        Metrics {
+            routes,
+            unrouted,
+            token_cache_hits: cache.with_label_values(&["hit"]),
+            token_cache_misses: cache.with_label_values(&["miss"]),
+            token_cache_entries: register(
+                &registry,
+                IntGauge::new(
+                    "portcullis_token_cache_entries",
+                    "Entries in the verified-token cache",
+                )
+                .expect("metric"),
+            ),
+            jwks_refresh: counter_vec(
+                "portcullis_jwks_refresh_total",
+                "JWKS fetches by issuer and outcome",
+                &["issuer", "outcome"],
+            ),
+            jwks_keys: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("portcullis_jwks_keys", "Signing keys loaded per issuer"),
+                    &["issuer"],
+                )
+                .expect("metric"),
+            ),
+            registry,
+        }
+    }
+
+    pub fn route(&self, name: &str) -> &RouteMetrics {
+        self.routes.get(name).unwrap_or(&self.unrouted)
+    }
+
+    pub fn jwks_refreshed(&self, issuer: &str, ok: bool, keys: usize) {
+        let outcome = if ok { "success" } else { "failure" };
+        self.jwks_refresh
+            .with_label_values(&[issuer, outcome])
+            .inc();
+        if ok {
+            self.jwks_keys.with_label_values(&[issuer]).set(keys as i64);
+        }
+    }
+
+    /// Text exposition format.
+    pub fn render(&self) -> String {
+        let encoder = prometheus::TextEncoder::new();
+        encoder
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn renders_route_and_reason_labels() {
+        let m = Metrics::new(["invoices"]);
+        m.route("invoices").allowed.inc();
+        m.route("invoices").denied("policy_denied").unwrap().inc();
+        m.route("invoices").response(403);
+        m.jwks_refreshed("corp", true, 2);
+        let text = m.render();
+        assert!(text.contains(
+            r#"portcullis_decisions_total{decision="allow",reason="allowed",route="invoices"} 1"#
+        ));
+        assert!(text.contains(r#"portcullis_decisions_total{decision="deny",reason="policy_denied",route="invoices"} 1"#));
+        assert!(text.contains(r#"portcullis_responses_total{class="4xx",route="invoices"} 1"#));
+        assert!(text.contains(r#"portcullis_jwks_keys{issuer="corp"} 2"#));
+    }
+}

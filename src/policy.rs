@@ -1,0 +1,254 @@
+//! The decision core: who may call a route (identity checks), then what the Rego policy says.
+//! Pure: no pingora, no network. Any error on this path ends in a refusal, never an allow.
+
+pub mod input;
+pub mod rego;
+pub mod testing;
+
+use std::fmt;
+
+use crate::claims::{Identity, TokenError};
+use crate::config::model::AuthSpec;
+
+/// The outcome of the decision path for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Allow,
+    Deny(Refusal),
+    /// The policy wants the user's confirmation first (CIBA, RFC 9396 details).
+    RequireApproval(ApprovalRequest),
+}
+
+/// What the policy asks the user to approve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalRequest {
+    /// Short text shown on both devices (≤ 64 characters).
+    pub binding_message: String,
+    /// RFC 9396 `authorization_details`: a JSON array of objects with a `type`.
+    pub authorization_details: serde_json::Value,
+    pub scope: Option<String>,
+    /// Requested expiry of the approval request, seconds.
+    pub expiry: Option<u64>,
+}
+
+/// Every way the gateway refuses a request. `respond` turns one into a status, headers and a
+/// JSON body; `label` is the metric label; `Display` is safe to show the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    MissingToken,
+    InvalidToken(TokenError),
+    /// The issuer's keys were never loaded (IdP unreachable since start).
+    KeysUnavailable,
+    AgentNotAllowed,
+    SubjectNotAllowed,
+    InsufficientScope {
+        needed: Vec<String>,
+    },
+    PolicyDenied {
+        reason: String,
+    },
+    PolicyError,
+    /// The policy asked for an approval but this gateway has no approval flow for the route.
+    ApprovalUnavailable,
+    BodyTooLarge {
+        limit: usize,
+    },
+    BodyNotJson,
+    BadRequest(&'static str),
+    NoRoute,
+    MethodNotAllowed,
+}
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::MissingToken | Refusal::InvalidToken(_) => 401,
+            Refusal::KeysUnavailable => 503,
+            Refusal::AgentNotAllowed
+            | Refusal::SubjectNotAllowed
+            | Refusal::InsufficientScope { .. }
+            | Refusal::PolicyDenied { .. }
+            | Refusal::ApprovalUnavailable => 403,
+            Refusal::PolicyError => 500,
+            Refusal::BodyTooLarge { .. } => 413,
+            Refusal::BodyNotJson | Refusal::BadRequest(_) => 400,
+            Refusal::NoRoute => 404,
+            Refusal::MethodNotAllowed => 405,
+        }
+    }
+
+    /// The `error` member of the JSON body (RFC 6750 codes where they apply).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::MissingToken | Refusal::InvalidToken(_) => "invalid_token",
+            Refusal::KeysUnavailable => "temporarily_unavailable",
+            Refusal::AgentNotAllowed
+            | Refusal::SubjectNotAllowed
+            | Refusal::PolicyDenied { .. } => "access_denied",
+            Refusal::InsufficientScope { .. } => "insufficient_scope",
+            Refusal::PolicyError => "policy_error",
+            Refusal::ApprovalUnavailable => "approval_required",
+            Refusal::BodyTooLarge { .. } => "request_too_large",
+            Refusal::BodyNotJson | Refusal::BadRequest(_) => "invalid_request",
+            Refusal::NoRoute => "not_found",
+            Refusal::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    /// Stable, low-cardinality label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::MissingToken => "missing_token",
+            Refusal::InvalidToken(_) => "invalid_token",
+            Refusal::KeysUnavailable => "keys_unavailable",
+            Refusal::AgentNotAllowed => "agent_not_allowed",
+            Refusal::SubjectNotAllowed => "subject_not_allowed",
+            Refusal::InsufficientScope { .. } => "insufficient_scope",
+            Refusal::PolicyDenied { .. } => "policy_denied",
+            Refusal::PolicyError => "policy_error",
+            Refusal::ApprovalUnavailable => "approval_unavailable",
+            Refusal::BodyTooLarge { .. } => "body_too_large",
+            Refusal::BodyNotJson => "body_not_json",
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::NoRoute => "no_route",
+            Refusal::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    /// Every label, for pre-registering metrics.
+    pub const LABELS: &'static [&'static str] = &[
+        "missing_token",
+        "invalid_token",
+        "keys_unavailable",
+        "agent_not_allowed",
+        "subject_not_allowed",
+        "insufficient_scope",
+        "policy_denied",
+        "policy_error",
+        "approval_unavailable",
+        "body_too_large",
+        "body_not_json",
+        "bad_request",
+        "no_route",
+        "method_not_allowed",
+    ];
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::MissingToken => f.write_str("a bearer token is required"),
+            Refusal::InvalidToken(e) => write!(f, "{e}"),
+            Refusal::KeysUnavailable => {
+                f.write_str("the issuer's signing keys are not available yet")
+            }
+            Refusal::AgentNotAllowed => f.write_str("this agent may not use this route"),
+            Refusal::SubjectNotAllowed => f.write_str("this user may not use this route"),
+            Refusal::InsufficientScope { needed } => {
+                write!(
+                    f,
+                    "the token lacks the required scope(s): {}",
+                    needed.join(" ")
+                )
+            }
+            Refusal::PolicyDenied { reason } => f.write_str(reason),
+            Refusal::PolicyError => {
+                f.write_str("the policy could not be evaluated; the request is denied")
+            }
+            Refusal::ApprovalUnavailable => f.write_str(
+                "this call needs the user's approval, which is not available on this route",
+            ),
+            Refusal::BodyTooLarge { limit } => write!(f, "the request body exceeds {limit} bytes"),
+            Refusal::BodyNotJson => f.write_str("the request body must be JSON on this route"),
+            Refusal::BadRequest(why) => f.write_str(why),
+            Refusal::NoRoute => f.write_str("no route matches this request"),
+            Refusal::MethodNotAllowed => f.write_str("the method is not allowed on this route"),
+        }
+    }
+}
+
+/// The route's identity requirements: agent, subject, then scopes.
+pub fn check_identity(auth: &AuthSpec, id: &Identity) -> Result<(), Refusal> {
+    if let Some(agents) = &auth.agents {
+        if !id.agent.as_ref().is_some_and(|a| agents.contains(a)) {
+            return Err(Refusal::AgentNotAllowed);
+        }
+    }
+    if let Some(subjects) = &auth.subjects {
+        if !subjects.contains(&id.sub) {
+            return Err(Refusal::SubjectNotAllowed);
+        }
+    }
+    if auth.require_scopes.iter().any(|s| !id.has_scope(s)) {
+        return Err(Refusal::InsufficientScope {
+            needed: auth.require_scopes.clone(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_identity, Refusal};
+    use crate::claims::Identity;
+    use crate::config::model::AuthSpec;
+
+    fn id(agent: &str, scopes: &[&str]) -> Identity {
+        Identity {
+            issuer: "corp".into(),
+            sub: "alice".into(),
+            agent: Some(agent.into()),
+            token_scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            roles: vec![],
+            exp: 0,
+            claims: Default::default(),
+        }
+    }
+
+    fn auth(scopes: &[&str], agents: Option<&[&str]>) -> AuthSpec {
+        AuthSpec {
+            issuer: 0,
+            require_scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            agents: agents.map(|a| a.iter().map(|s| s.to_string()).collect()),
+            subjects: None,
+        }
+    }
+
+    #[test]
+    fn agent_allow_list() {
+        let a = auth(&[], Some(&["agent-1"]));
+        assert_eq!(check_identity(&a, &id("agent-1", &[])), Ok(()));
+        assert_eq!(
+            check_identity(&a, &id("agent-2", &[])),
+            Err(Refusal::AgentNotAllowed)
+        );
+    }
+
+    #[test]
+    fn scopes_required() {
+        let a = auth(&["invoices:read"], None);
+        assert_eq!(check_identity(&a, &id("x", &["invoices:read"])), Ok(()));
+        assert_eq!(
+            check_identity(&a, &id("x", &["other"])),
+            Err(Refusal::InsufficientScope {
+                needed: vec!["invoices:read".into()]
+            })
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(Refusal::MissingToken.status(), 401);
+        assert_eq!(Refusal::PolicyDenied { reason: "x".into() }.status(), 403);
+        assert_eq!(Refusal::PolicyError.status(), 500);
+        assert_eq!(Refusal::BodyTooLarge { limit: 1 }.status(), 413);
+        for r in [
+            Refusal::MissingToken,
+            Refusal::NoRoute,
+            Refusal::PolicyError,
+        ] {
+            assert!(Refusal::LABELS.contains(&r.label()));
+        }
+    }
+}

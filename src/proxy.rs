@@ -1,0 +1,369 @@
+//! pingora glue: `impl ProxyHttp`. Each phase does one thing; all decisions come from
+//! `Gateway` (pure core) and all refusals are rendered by `respond::Reply`.
+
+pub mod background;
+mod headers;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::{HttpPeer, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::auth::{Source as TokenSource, Verified};
+use crate::config::model::{RouteLookup, RouteSpec};
+use crate::gateway::{bearer, Gateway};
+use crate::policy::input::{RequestInfo, SENSITIVE_HEADERS};
+use crate::policy::{Decision, Refusal};
+use crate::respond::Reply;
+
+pub struct Proxy {
+    pub state: Arc<ArcSwap<Gateway>>,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    started: Instant,
+    gateway: Option<Arc<Gateway>>,
+    request_id: String,
+    route: Option<Arc<RouteSpec>>,
+    verified: Option<Arc<Verified>>,
+    /// Metric label of the decision: "allowed" or a refusal label.
+    outcome: &'static str,
+    /// Refusal or policy-failure detail for the decision log.
+    reason: Option<String>,
+    authz_micros: u64,
+}
+
+fn route_name(ctx: &Ctx) -> &str {
+    ctx.route.as_ref().map_or("none", |r| &r.name)
+}
+
+/// Read the body for the policy: at most `limit` bytes, JSON. The bytes stay buffered by
+/// pingora and are forwarded upstream unchanged.
+async fn read_json_body(
+    session: &mut Session,
+    limit: usize,
+) -> Result<Option<serde_json::Value>, Refusal> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Refusal::BodyTooLarge { limit });
+    }
+    session.enable_retry_buffering();
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(Refusal::BodyTooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(_) => return Err(Refusal::BadRequest("the request body could not be read")),
+        }
+    }
+    if session.retry_buffer_truncated() {
+        return Err(Refusal::BodyTooLarge { limit });
+    }
+    if body.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|_| Refusal::BodyNotJson)
+}
+
+impl Proxy {
+    pub fn new(gateway: Gateway) -> Proxy {
+        Proxy {
+            state: Arc::new(ArcSwap::from_pointee(gateway)),
+        }
+    }
+
+    async fn write_reply(&self, session: &mut Session, ctx: &Ctx, reply: &Reply) -> Result<()> {
+        let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 3))?;
+        for (k, v) in &reply.headers {
+            h.insert_header(*k, v.as_str())?;
+        }
+        h.insert_header("content-length", reply.body.len().to_string())?;
+        h.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if headers::has_unread_body(session.req_header()) && !session.is_body_done() {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(h), false).await?;
+        session
+            .write_response_body(Some(reply.body.clone()), true)
+            .await?;
+        Ok(())
+    }
+
+    async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, refusal: Refusal) -> Result<bool> {
+        ctx.outcome = refusal.label();
+        if ctx.reason.is_none() {
+            ctx.reason = Some(refusal.to_string());
+        }
+        if let Some(g) = &ctx.gateway {
+            if let Some(c) = g.metrics.route(route_name(ctx)).denied(refusal.label()) {
+                c.inc();
+            }
+        }
+        self.write_reply(session, ctx, &Reply::refusal(&refusal))
+            .await?;
+        Ok(true)
+    }
+
+    /// The decision path. `Ok(())` = forward; `Err` = refuse.
+    async fn authorize(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        g: &Gateway,
+    ) -> Result<(), Refusal> {
+        let req = session.req_header();
+        let path = req.uri.path();
+        if !headers::path_is_canonical(path) {
+            return Err(Refusal::BadRequest(
+                "the request path is not canonical (dot segments or encoded separators)",
+            ));
+        }
+        let host = headers::host(req);
+        let route = match g.config.find_route(host, path, req.method.as_str()) {
+            RouteLookup::Found(r) => r.clone(),
+            RouteLookup::MethodNotAllowed => return Err(Refusal::MethodNotAllowed),
+            RouteLookup::NotFound => return Err(Refusal::NoRoute),
+        };
+        ctx.route = Some(route.clone());
+        if route.auth.is_none() {
+            return Ok(()); // `public: true`
+        }
+        let token = bearer(
+            req.headers
+                .get_all(http::header::AUTHORIZATION)
+                .iter()
+                .map(|v| v.as_bytes()),
+        )?;
+        let (verified, source) = g.authenticate(&route, token).await.inspect_err(|_| {
+            g.metrics.token_cache_misses.inc();
+        })?;
+        match source {
+            TokenSource::Cache => g.metrics.token_cache_hits.inc(),
+            TokenSource::Verified => g.metrics.token_cache_misses.inc(),
+        }
+        ctx.verified = Some(verified.clone());
+        if route.policy.is_none() {
+            return Ok(());
+        }
+        let body = if route.policy_body {
+            read_json_body(session, route.max_body_bytes).await?
+        } else {
+            None
+        };
+        let req = session.req_header();
+        let info = RequestInfo {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            query: req.uri.query(),
+            host: headers::host(req),
+            headers: headers::for_policy(req, route.policy_headers.as_deref(), SENSITIVE_HEADERS),
+            body,
+        };
+        let index = g.route_index(&route);
+        match g.decide(index, &verified, info) {
+            Ok(Decision::Allow) => Ok(()),
+            Ok(Decision::Deny(r)) => Err(r),
+            Ok(Decision::RequireApproval(a)) => {
+                ctx.reason = Some(format!("approval required: {}", a.binding_message));
+                Err(Refusal::ApprovalUnavailable)
+            }
+            Err(detail) => {
+                g.metrics.route(&route.name).policy_errors.inc();
+                tracing::warn!(route = %route.name, request_id = %ctx.request_id, error = %detail, "policy evaluation failed; denying");
+                ctx.reason = Some(format!("policy error: {detail}"));
+                Err(Refusal::PolicyError)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            gateway: None,
+            request_id: String::new(),
+            route: None,
+            verified: None,
+            outcome: "none",
+            reason: None,
+            authz_micros: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let g = self.state.load_full();
+        ctx.gateway = Some(g.clone());
+        ctx.request_id = headers::request_id(session.req_header());
+        let start = Instant::now();
+        let result = self.authorize(session, ctx, &g).await;
+        ctx.authz_micros = start.elapsed().as_micros() as u64;
+        let metrics = g.metrics.route(route_name(ctx));
+        metrics.authz_seconds.observe(start.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                ctx.outcome = "allowed";
+                metrics.allowed.inc();
+                Ok(false)
+            }
+            Err(refusal) => self.refuse(session, ctx, refusal).await,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(route) = &ctx.route else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no route in context",
+            ));
+        };
+        let u = &route.upstream;
+        let mut peer = HttpPeer::new(u.addr, u.tls, u.host.clone());
+        let t = &route.timeouts;
+        peer.options.connection_timeout = t.connect;
+        peer.options.read_timeout = t.read;
+        peer.options.write_timeout = t.write;
+        peer.options.idle_timeout = t.idle;
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(route) = &ctx.route else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no route in context",
+            ));
+        };
+        for name in headers::hop_by_hop(&upstream.headers) {
+            upstream.remove_header(&name);
+        }
+        if !route.forward_token {
+            upstream.remove_header("authorization");
+        }
+        upstream.remove_header("proxy-authorization");
+        if !route.preserve_host {
+            upstream.insert_header("host", route.upstream.authority.as_str())?;
+        }
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            let ip = addr.ip().to_string();
+            let xff = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        let proto = if session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some()
+        {
+            "https"
+        } else {
+            "http"
+        };
+        upstream.insert_header("x-forwarded-proto", proto)?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        for name in headers::hop_by_hop(&resp.headers) {
+            resp.remove_header(&name);
+        }
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let status = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                match e.esource() {
+                    ErrorSource::Upstream => 504,
+                    _ => 0,
+                }
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if let (Some(g), ErrorSource::Upstream) = (&ctx.gateway, e.esource()) {
+            g.metrics.route(route_name(ctx)).upstream_errors.inc();
+        }
+        if status > 0 && session.response_written().is_none() {
+            let reply = Reply::upstream_failure(status);
+            if let Err(err) = self.write_reply(session, ctx, &reply).await {
+                tracing::debug!(error = %err, "could not send error response");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(g) = &ctx.gateway {
+            g.metrics.route(route_name(ctx)).response(status);
+        }
+        let identity = ctx.verified.as_ref().map(|v| &v.identity);
+        tracing::info!(
+            target: "portcullis::access",
+            request_id = %ctx.request_id,
+            route = route_name(ctx),
+            method = %session.req_header().method,
+            path = session.req_header().uri.path(),
+            sub = identity.map(|i| i.sub.as_str()),
+            agent = identity.and_then(|i| i.agent.as_deref()),
+            decision = if ctx.outcome == "allowed" { "allow" } else { "deny" },
+            outcome = ctx.outcome,
+            reason = ctx.reason.as_deref(),
+            status,
+            authz_us = ctx.authz_micros,
+            duration_us = ctx.started.elapsed().as_micros() as u64,
+            error = e.map(|e| e.etype().as_str()),
+            "request"
+        );
+    }
+}

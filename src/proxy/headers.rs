@@ -1,0 +1,145 @@
+//! Header helpers for the proxy phases: request ids, hop-by-hop headers, the policy's view of
+//! the headers, and path canonicality.
+
+use http::HeaderMap;
+use pingora::http::RequestHeader;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded in either direction.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Hop-by-hop headers present in `headers`, including those the `Connection` header names. A
+/// WebSocket-style upgrade keeps `connection: upgrade` and `upgrade` so pingora can proxy it.
+pub fn hop_by_hop(headers: &HeaderMap) -> Vec<String> {
+    let upgrade = headers.contains_key(http::header::UPGRADE)
+        && headers.get_all(http::header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.to_ascii_lowercase().contains("upgrade"))
+        });
+    let named: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty() && s != "upgrade" && s != "close" && s != "keep-alive")
+        .collect();
+    let fixed = HOP_BY_HOP
+        .iter()
+        .filter(|n| !(upgrade && (**n == "connection" || **n == "upgrade")))
+        .map(|n| n.to_string());
+    named
+        .into_iter()
+        .chain(fixed)
+        .filter(|n| headers.contains_key(n.as_str()))
+        .collect()
+}
+
+/// The client's `X-Request-Id` if it is sane (≤ 128 visible ASCII characters), else a new one.
+pub fn request_id(req: &RequestHeader) -> String {
+    match req
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(id)
+            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            id.to_string()
+        }
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// Host of the request: `Host` header (HTTP/1.1) or the URI authority (HTTP/2).
+pub fn host(req: &RequestHeader) -> &str {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
+/// Whether the request may carry a body we have not read.
+pub fn has_unread_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Headers given to the policy: the `allowed` list, or all but `sensitive` ones.
+pub fn for_policy<'a>(
+    req: &'a RequestHeader,
+    allowed: Option<&[String]>,
+    sensitive: &[&str],
+) -> Vec<(&'a str, &'a str)> {
+    req.headers
+        .iter()
+        .filter(|(k, _)| match allowed {
+            Some(list) => list.iter().any(|a| a == k.as_str()),
+            None => !sensitive.contains(&k.as_str()),
+        })
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+        .collect()
+}
+
+/// Reject paths an upstream could read differently from us: dot segments, encoded slashes,
+/// backslashes or dots, and anything not starting with `/`.
+pub fn path_is_canonical(path: &str) -> bool {
+    if !path.starts_with('/') || path.contains('\\') {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2f", "%5c", "%2e", "%00"]
+        .iter()
+        .any(|e| lower.contains(e))
+    {
+        return false;
+    }
+    !path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hop_by_hop, path_is_canonical};
+    use http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn canonical_paths() {
+        assert!(path_is_canonical("/invoices/42"));
+        assert!(path_is_canonical("/a.b/c..d"));
+        assert!(!path_is_canonical("/invoices/../admin"));
+        assert!(!path_is_canonical("/invoices/./x"));
+        assert!(!path_is_canonical("/a/%2E%2E/b"));
+        assert!(!path_is_canonical("/a%2fb"));
+        assert!(!path_is_canonical("/a\\b"));
+        assert!(!path_is_canonical("*"));
+    }
+
+    #[test]
+    fn hop_by_hop_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        for n in hop_by_hop(&h) {
+            h.remove(n.as_str());
+        }
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("connection").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("x-kept").is_some());
+    }
+}

@@ -1,0 +1,131 @@
+//! The one place where refusals and errors become HTTP responses: status, headers
+//! (RFC 6750 `WWW-Authenticate` challenges) and a JSON body `{"error", "error_description"}`
+//! that never contains a token.
+
+use bytes::Bytes;
+
+use crate::policy::Refusal;
+
+/// A response to write, independent of the HTTP library.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+pub const REALM: &str = "portcullis";
+
+fn json_body(error: &str, description: &str) -> Bytes {
+    Bytes::from(serde_json::json!({ "error": error, "error_description": description }).to_string())
+}
+
+fn quoted(s: &str) -> String {
+    s.replace(['"', '\\'], "'")
+}
+
+impl Reply {
+    fn json(status: u16, body: Bytes) -> Reply {
+        Reply {
+            status,
+            headers: vec![
+                ("content-type", "application/json".to_string()),
+                ("cache-control", "no-store".to_string()),
+            ],
+            body,
+        }
+    }
+
+    /// The response for a refusal.
+    pub fn refusal(r: &Refusal) -> Reply {
+        let description = r.to_string();
+        let mut reply = Reply::json(r.status(), json_body(r.code(), &description));
+        let challenge = match r {
+            Refusal::MissingToken => Some(format!("Bearer realm=\"{REALM}\"")),
+            Refusal::InvalidToken(_) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
+                quoted(&description)
+            )),
+            Refusal::InsufficientScope { needed } => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{}\"",
+                quoted(&needed.join(" "))
+            )),
+            _ => None,
+        };
+        if let Some(c) = challenge {
+            reply.headers.push(("www-authenticate", c));
+        }
+        if let Refusal::KeysUnavailable = r {
+            reply.headers.push(("retry-after", "5".to_string()));
+        }
+        reply
+    }
+
+    /// The response when proxying failed after the request was allowed.
+    pub fn upstream_failure(status: u16) -> Reply {
+        let (code, description) = match status {
+            504 => ("upstream_timeout", "the upstream did not answer in time"),
+            502 => (
+                "bad_gateway",
+                "the upstream could not be reached or answered badly",
+            ),
+            400 => ("invalid_request", "the request could not be read"),
+            _ => ("internal_error", "the gateway failed to handle the request"),
+        };
+        Reply::json(status, json_body(code, description))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reply;
+    use crate::claims::TokenError;
+    use crate::policy::Refusal;
+
+    fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn missing_token_challenge_has_no_error() {
+        let r = Reply::refusal(&Refusal::MissingToken);
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            Some("Bearer realm=\"portcullis\"")
+        );
+    }
+
+    #[test]
+    fn invalid_token_and_scope_challenges() {
+        let r = Reply::refusal(&Refusal::InvalidToken(TokenError::Expired));
+        assert!(header(&r, "www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\""));
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["error"], "invalid_token");
+        assert_eq!(body["error_description"], "the token has expired");
+
+        let r = Reply::refusal(&Refusal::InsufficientScope {
+            needed: vec!["a".into(), "b".into()],
+        });
+        assert_eq!(r.status, 403);
+        assert!(header(&r, "www-authenticate")
+            .unwrap()
+            .contains("error=\"insufficient_scope\", scope=\"a b\""));
+    }
+
+    #[test]
+    fn policy_denial_body_carries_reason() {
+        let r = Reply::refusal(&Refusal::PolicyDenied {
+            reason: "amount over limit".into(),
+        });
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["error"], "access_denied");
+        assert_eq!(body["error_description"], "amount over limit");
+        assert!(header(&r, "www-authenticate").is_none());
+    }
+}

@@ -1,0 +1,75 @@
+//! Build and run the pingora server from our own configuration (pingora never parses the CLI
+//! or a config file of its own).
+
+use std::sync::Arc;
+
+use pingora::apps::http_app::HttpServer;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::gateway::Gateway;
+use crate::proxy::background::Refresher;
+use crate::proxy::Proxy;
+
+/// Start serving; returns only on shutdown (SIGTERM: graceful, SIGINT: fast).
+pub fn run(gateway: Gateway) -> Result<(), String> {
+    let cfg = gateway.config.clone();
+    let conf = ServerConf {
+        threads: cfg.server.threads,
+        grace_period_seconds: Some(cfg.server.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(cfg.server.graceful_shutdown_timeout_seconds),
+        upstream_keepalive_pool_size: cfg.server.upstream_keepalive_pool_size,
+        // A 16-try fail-safe by default; retries of reused-connection failures only.
+        max_retries: 1,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let proxy = Proxy::new(gateway);
+    let state = proxy.state.clone();
+    let mut options = HttpServerOptions::default();
+    options.h2c = cfg.listen.h2c && cfg.listen.tls.is_none();
+    let mut service = ProxyServiceBuilder::new(&server.configuration, proxy)
+        .name("portcullis")
+        .server_options(options)
+        .build();
+    let addr = cfg.listen.addr.to_string();
+    match &cfg.listen.tls {
+        None => service.add_tcp(&addr),
+        Some(tls) => {
+            let cert = tls.cert_file.to_string_lossy();
+            let key = tls.key_file.to_string_lossy();
+            let mut settings =
+                TlsSettings::intermediate(&cert, &key).map_err(|e| format!("TLS settings: {e}"))?;
+            settings.enable_h2();
+            service.add_tls_with_settings(&addr, None, settings);
+        }
+    }
+    server.add_service(service);
+
+    if let Some(admin_addr) = cfg.admin_listen {
+        let mut admin = Service::new(
+            "portcullis admin".to_string(),
+            HttpServer::new_app(Admin {
+                state: state.clone(),
+            }),
+        );
+        admin.add_tcp(&admin_addr.to_string());
+        server.add_service(admin);
+    }
+    server.add_service(background_service(
+        "jwks refresh",
+        Refresher {
+            state: Arc::clone(&state),
+        },
+    ));
+    tracing::info!(listen = %addr, admin = ?cfg.admin_listen, routes = cfg.routes.len(), "portcullis starting");
+    server.run_forever()
+}
