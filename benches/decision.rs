@@ -1,1 +1,180 @@
-fn main() {}
+//! Benchmarks of the decision core (no network, no pingora): verified-token cache hit, JWT
+//! verification on a cache miss (RS256, ES256), role → scope mapping, the example Rego policy,
+//! and the whole authorization path (cache hit + identity checks + Rego).
+//!
+//! Run: `cargo bench --bench decision` (numbers in README, "Benchmarks").
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+use portcullis::gateway::Gateway;
+use portcullis::policy::input::RequestInfo;
+use portcullis::policy::Decision;
+use portcullis::roles::RoleMap;
+
+const ISSUER: &str = "https://idp.bench.test";
+const AUDIENCE: &str = "https://api.bench.test";
+
+struct Signer {
+    key: EncodingKey,
+    alg: Algorithm,
+    kid: &'static str,
+}
+
+fn keys_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/keys")
+}
+
+fn signers() -> Vec<Signer> {
+    let read = |name: &str| std::fs::read(keys_dir().join(name)).expect("bench key");
+    vec![
+        Signer {
+            key: EncodingKey::from_rsa_pem(&read("rs256.pem")).expect("RSA key"),
+            alg: Algorithm::RS256,
+            kid: "bench-rs256",
+        },
+        Signer {
+            key: EncodingKey::from_ec_pem(&read("es256.pem")).expect("EC key"),
+            alg: Algorithm::ES256,
+            kid: "bench-es256",
+        },
+    ]
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn token(s: &Signer, sub: &str) -> String {
+    let mut header = Header::new(s.alg);
+    header.kid = Some(s.kid.to_string());
+    let claims = json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "azp": "agent-1",
+        "iat": now(), "exp": now() + 3600,
+        "scope": "invoices:read invoices:pay", "roles": ["finance"], "dept": "finance",
+    });
+    jsonwebtoken::encode(&header, &claims, &s.key).expect("sign")
+}
+
+/// A gateway loaded from a temporary config: issuer with a JWKS file, the example policy.
+fn gateway(dir: &Path, signers: &[Signer]) -> Gateway {
+    let keys: Vec<Jwk> = signers
+        .iter()
+        .map(|s| {
+            let mut jwk = Jwk::from_encoding_key(&s.key, s.alg).expect("jwk");
+            jwk.common.key_id = Some(s.kid.to_string());
+            jwk
+        })
+        .collect();
+    let jwks = serde_json::to_string(&JwkSet { keys }).expect("jwks");
+    std::fs::write(dir.join("jwks.json"), jwks).expect("write jwks");
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let yaml = format!(
+        r#"version: 1
+listen: "127.0.0.1:18080"
+policies: {{ dir: "{}" }}
+issuers:
+  - name: corp
+    issuer: "{ISSUER}"
+    jwks_file: jwks.json
+    audiences: ["{AUDIENCE}"]
+    algorithms: [RS256, ES256]
+    roles: {{ claim: roles, grants: {{ finance: ["invoices:read", "invoices:pay"], viewer: ["invoices:read"] }} }}
+routes:
+  - name: invoices
+    match: {{ path_prefix: /invoices }}
+    upstream: "http://127.0.0.1:9000"
+    auth: {{ issuer: corp, require_scopes: ["invoices:read"], agents: ["agent-1"] }}
+    policy: invoices
+"#,
+        policies.display()
+    );
+    let path = dir.join("bench.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    Gateway::load(&path).expect("bench config loads")
+}
+
+fn request() -> RequestInfo<'static> {
+    RequestInfo {
+        method: "GET",
+        path: "/invoices/finance/INV-42",
+        query: None,
+        host: "api.bench.test",
+        headers: vec![("accept", "application/json")],
+        body: None,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signers = signers();
+    let g = gateway(dir.path(), &signers);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let route = g.config.routes[0].clone();
+    let rs = token(&signers[0], "alice");
+    let es = token(&signers[1], "alice");
+
+    // Warm the cache with the RS256 token.
+    let (verified, _) = rt.block_on(g.authenticate(&route, &rs)).expect("verifies");
+    assert_eq!(g.decide(0, &verified, request()), Ok(Decision::Allow));
+    assert!(rt.block_on(g.authenticate(&route, &es)).is_ok());
+
+    c.bench_function("token_cache_hit", |b| {
+        b.iter(|| rt.block_on(g.verifier.verify(0, black_box(&rs))).is_ok())
+    });
+    for (name, tok) in [
+        ("jwt_verify_miss_rs256", &rs),
+        ("jwt_verify_miss_es256", &es),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(g.verifier.verify_uncached(0, black_box(tok), now()))
+                    .is_ok()
+            })
+        });
+    }
+
+    let mut grants = BTreeMap::new();
+    grants.insert(
+        "finance".to_string(),
+        vec!["invoices:read".to_string(), "invoices:pay".to_string()],
+    );
+    grants.insert("viewer".to_string(), vec!["invoices:read".to_string()]);
+    let map = RoleMap::new("roles".into(), grants);
+    let token_scopes: Vec<String> = ["invoices:read", "invoices:pay", "admin:delete_all"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let roles = vec!["viewer".to_string()];
+    c.bench_function("role_scope_mapping", |b| {
+        b.iter(|| map.effective_scopes(black_box(&token_scopes), black_box(&roles)))
+    });
+
+    c.bench_function("rego_decision_invoices", |b| {
+        b.iter(|| g.decide(0, &verified, black_box(request())).is_ok())
+    });
+
+    c.bench_function("authz_path_cached_token_scopes_rego", |b| {
+        b.iter(|| {
+            let (v, _) = rt
+                .block_on(g.authenticate(&route, black_box(&rs)))
+                .expect("verifies");
+            g.decide(0, &v, request()).is_ok()
+        })
+    });
+}
+
+criterion_group!(decision, benches);
+criterion_main!(decision);

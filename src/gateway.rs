@@ -63,12 +63,14 @@ impl Gateway {
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| source.error("issuers", format!("cannot build HTTP client: {e}")))?;
+        let metrics = Metrics::new(config.routes.iter().map(|r| &*r.name));
         let mut keys = Vec::new();
         for (i, spec) in config.issuers.iter().enumerate() {
             let k = Arc::new(IssuerKeys::new(
                 spec.clone(),
                 client.clone(),
                 config.jwks_max_bytes,
+                metrics.jwks(&spec.name),
             ));
             if let KeySource::File(_) = spec.keys {
                 k.load_file()
@@ -81,7 +83,6 @@ impl Gateway {
             .iter()
             .map(|r| r.policy.as_deref().map(entrypoint))
             .collect();
-        let metrics = Metrics::new(config.routes.iter().map(|r| &*r.name));
         let verifier = Verifier::new(keys, config.token_cache_entries);
         Ok(Gateway {
             config,

@@ -39,6 +39,25 @@ impl RouteMetrics {
     }
 }
 
+/// JWKS fetch outcomes and key count of one issuer.
+#[derive(Clone)]
+pub struct JwksMetrics {
+    success: IntCounter,
+    failure: IntCounter,
+    keys: IntGauge,
+}
+
+impl JwksMetrics {
+    pub fn fetched(&self, keys: usize) {
+        self.success.inc();
+        self.keys.set(keys as i64);
+    }
+
+    pub fn failed(&self) {
+        self.failure.inc();
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     routes: HashMap<String, RouteMetrics>,
@@ -154,13 +173,13 @@ impl Metrics {
         self.routes.get(name).unwrap_or(&self.unrouted)
     }
 
-    pub fn jwks_refreshed(&self, issuer: &str, ok: bool, keys: usize) {
-        let outcome = if ok { "success" } else { "failure" };
-        self.jwks_refresh
-            .with_label_values(&[issuer, outcome])
-            .inc();
-        if ok {
-            self.jwks_keys.with_label_values(&[issuer]).set(keys as i64);
+    /// The JWKS counters of one issuer, handed to its key store so that every fetch (start,
+    /// background refresh, unknown-kid refetch) is counted.
+    pub fn jwks(&self, issuer: &str) -> JwksMetrics {
+        JwksMetrics {
+            success: self.jwks_refresh.with_label_values(&[issuer, "success"]),
+            failure: self.jwks_refresh.with_label_values(&[issuer, "failure"]),
+            keys: self.jwks_keys.with_label_values(&[issuer]),
         }
     }
 
@@ -183,7 +202,7 @@ mod tests {
         m.route("invoices").allowed.inc();
         m.route("invoices").denied("policy_denied").unwrap().inc();
         m.route("invoices").response(403);
-        m.jwks_refreshed("corp", true, 2);
+        m.jwks("corp").fetched(2);
         let text = m.render();
         assert!(text.contains(
             r#"portcullis_decisions_total{decision="allow",reason="allowed",route="invoices"} 1"#

@@ -10,6 +10,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
 use crate::config::model::{IssuerSpec, KeySource};
+use crate::metrics::JwksMetrics;
 
 /// One verification key.
 pub struct Key {
@@ -150,6 +151,7 @@ pub struct IssuerKeys {
     status: Mutex<Status>,
     client: reqwest::Client,
     max_bytes: usize,
+    metrics: JwksMetrics,
 }
 
 pub enum Lookup {
@@ -160,7 +162,12 @@ pub enum Lookup {
 }
 
 impl IssuerKeys {
-    pub fn new(spec: Arc<IssuerSpec>, client: reqwest::Client, max_bytes: usize) -> IssuerKeys {
+    pub fn new(
+        spec: Arc<IssuerSpec>,
+        client: reqwest::Client,
+        max_bytes: usize,
+        metrics: JwksMetrics,
+    ) -> IssuerKeys {
         IssuerKeys {
             spec,
             keys: RwLock::new(None),
@@ -168,6 +175,7 @@ impl IssuerKeys {
             status: Mutex::new(Status::default()),
             client,
             max_bytes,
+            metrics,
         }
     }
 
@@ -214,10 +222,12 @@ impl IssuerKeys {
         };
         match result {
             Ok((set, age)) => {
+                self.metrics.fetched(set.len());
                 self.install(set);
                 Ok(age)
             }
             Err(e) => {
+                self.metrics.failed();
                 self.record_error(&e);
                 Err(e)
             }
@@ -227,7 +237,9 @@ impl IssuerKeys {
     /// Load a `jwks_file` issuer's keys (no I/O for `jwks_uri` issuers).
     pub fn load_file(&self) -> Result<(), String> {
         if let KeySource::File(path) = &self.spec.keys {
-            self.install(read_file(path)?);
+            let set = read_file(path)?;
+            self.metrics.fetched(set.len());
+            self.install(set);
         }
         Ok(())
     }

@@ -24,14 +24,9 @@ async fn refresh_issuer(state: Arc<ArcSwap<Gateway>>, index: usize, mut shutdown
         let keys = g.verifier.issuers[index].clone();
         let outcome = keys.refresh().await;
         match &outcome {
-            Ok(_) => {
-                failures = 0;
-                g.metrics
-                    .jwks_refreshed(&keys.spec.name, true, keys.status().keys);
-            }
+            Ok(_) => failures = 0,
             Err(e) => {
                 failures += 1;
-                g.metrics.jwks_refreshed(&keys.spec.name, false, 0);
                 tracing::warn!(issuer = %keys.spec.name, error = %e, "JWKS refresh failed; keeping cached keys");
             }
         }

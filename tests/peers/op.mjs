@@ -28,8 +28,8 @@ const JWT_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
 const TV_TYPE = 'http://auth0.com/oauth/token-type/federated-connection-access-token';
 
 const USERS = {
-  alice: { email: 'alice@example.test', roles: ['finance', 'admin'] },
-  bob: { email: 'bob@example.test', roles: ['viewer'] },
+  alice: { email: 'alice@example.test', roles: ['finance', 'admin'], dept: 'finance' },
+  bob: { email: 'bob@example.test', roles: ['viewer'], dept: 'finance' },
 };
 
 // Fresh signing keys on every start: one RS256, one ES256. Kids get a random suffix
@@ -76,7 +76,9 @@ const provider = new Provider(ISSUER, {
   },
   extraTokenClaims: async (ctx, token) => ({
     azp: token.clientId,
-    ...(token.accountId && USERS[token.accountId] && { roles: USERS[token.accountId].roles }),
+    ...(token.accountId && USERS[token.accountId] && {
+      roles: USERS[token.accountId].roles, dept: USERS[token.accountId].dept,
+    }),
     ...(token.act && { act: token.act }),
   }),
   ttl: { // explicit values also silence oidc-provider's "default ttl" notices

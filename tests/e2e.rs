@@ -1,0 +1,15 @@
+//! End-to-end tests: the built gateway against real peers (oidc-provider, HTTP upstreams).
+
+#[path = "e2e/support.rs"]
+mod support;
+
+#[path = "e2e/auth.rs"]
+mod auth;
+#[path = "e2e/cli.rs"]
+mod cli;
+#[path = "e2e/jwks.rs"]
+mod jwks;
+#[path = "e2e/policy.rs"]
+mod policy;
+#[path = "e2e/proxy.rs"]
+mod proxy;
