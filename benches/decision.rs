@@ -29,7 +29,7 @@ struct Signer {
 }
 
 fn keys_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/keys")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys")
 }
 
 fn signers() -> Vec<Signer> {

@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use crate::auth::jwks::IssuerKeys;
 use crate::auth::{Source as TokenSource, Verified, Verifier};
+use crate::config::model::CredentialMode;
 use crate::config::model::{Config, KeySource, RouteSpec};
 use crate::config::{self, ConfigError, Source};
+use crate::credentials::Credentials;
 use crate::metrics::Metrics;
 use crate::policy::input::{self, RequestInfo};
 use crate::policy::rego::{entrypoint, PolicyLoadError, PolicySet};
@@ -19,7 +21,10 @@ pub struct Gateway {
     pub policies: PolicySet,
     /// `data.<package>.decision` per route, in route order.
     entrypoints: Vec<Option<String>>,
+    /// `input.credentials` per route, in route order.
+    credential_inputs: Vec<Option<regorus::Value>>,
     pub verifier: Verifier,
+    pub credentials: Credentials,
     pub metrics: Metrics,
 }
 
@@ -84,7 +89,31 @@ impl Gateway {
             .map(|r| r.policy.as_deref().map(entrypoint))
             .collect();
         let verifier = Verifier::new(keys, config.token_cache_entries);
+        let token_http = reqwest::Client::builder()
+            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| source.error("clients", format!("cannot build HTTP client: {e}")))?;
+        let credentials = Credentials::new(&config, token_http, metrics.credentials.clone());
+        let credential_inputs = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.credentials.as_ref().map(|c| {
+                    let connection = match &c.mode {
+                        CredentialMode::TokenExchange { .. } => None,
+                        CredentialMode::TokenVault { connection, .. } => Some(connection.as_str()),
+                        CredentialMode::Vault { connection } => config
+                            .vault
+                            .as_ref()
+                            .map(|v| &*v.connections[*connection].name),
+                    };
+                    input::credentials_value(c.mode.name(), connection)
+                })
+            })
+            .collect();
         Ok(Gateway {
+            credentials,
+            credential_inputs,
             config,
             source,
             policies,
@@ -120,7 +149,12 @@ impl Gateway {
         match &self.entrypoints[route_index] {
             None => Ok(Decision::Allow),
             Some(entry) => {
-                let doc = input::build(&route.name, request, &verified.subject);
+                let doc = input::build(
+                    &route.name,
+                    request,
+                    &verified.subject,
+                    self.credential_inputs[route_index].as_ref(),
+                );
                 self.policies.decide(entry, doc)
             }
         }

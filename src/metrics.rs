@@ -58,6 +58,31 @@ impl JwksMetrics {
     }
 }
 
+/// Upstream-credential metrics: exchanges by mode and outcome, their latency, the cache,
+/// vault refreshes and errors.
+#[derive(Clone)]
+pub struct CredentialMetrics {
+    pub cache_hit: IntCounter,
+    pub cache_miss: IntCounter,
+    exchanges: IntCounterVec,
+    duration: HistogramVec,
+    vault_refresh: IntCounterVec,
+    pub vault_errors: IntCounter,
+}
+
+impl CredentialMetrics {
+    pub fn exchanged(&self, mode: &str, outcome: &str, took: std::time::Duration) {
+        self.exchanges.with_label_values(&[mode, outcome]).inc();
+        self.duration
+            .with_label_values(&[mode])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn refreshed(&self, outcome: &str) {
+        self.vault_refresh.with_label_values(&[outcome]).inc();
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     routes: HashMap<String, RouteMetrics>,
@@ -68,6 +93,7 @@ pub struct Metrics {
     pub token_cache_entries: IntGauge,
     jwks_refresh: IntCounterVec,
     jwks_keys: IntGaugeVec,
+    pub credentials: CredentialMetrics,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -139,7 +165,49 @@ impl Metrics {
             "Verified-token cache lookups",
             &["result"],
         );
+        let upstream_cache = counter_vec(
+            "portcullis_upstream_token_cache_total",
+            "Upstream-token (exchanged / vault) cache lookups",
+            &["result"],
+        );
+        let credentials = CredentialMetrics {
+            cache_hit: upstream_cache.with_label_values(&["hit"]),
+            cache_miss: upstream_cache.with_label_values(&["miss"]),
+            exchanges: counter_vec(
+                "portcullis_token_exchanges_total",
+                "Upstream-token requests by mode (token_exchange, token_vault, vault) and outcome",
+                &["mode", "outcome"],
+            ),
+            duration: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "portcullis_token_exchange_duration_seconds",
+                        "Latency of upstream-token requests to authorization servers",
+                    )
+                    .buckets(vec![
+                        1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    ]),
+                    &["mode"],
+                )
+                .expect("metric"),
+            ),
+            vault_refresh: counter_vec(
+                "portcullis_vault_refresh_total",
+                "Vault access-token refreshes by outcome",
+                &["outcome"],
+            ),
+            vault_errors: register(
+                &registry,
+                IntCounter::new(
+                    "portcullis_vault_errors_total",
+                    "Vault storage or decryption errors",
+                )
+                .expect("metric"),
+            ),
+        };
         Metrics {
+            credentials,
             routes,
             unrouted,
             token_cache_hits: cache.with_label_values(&["hit"]),

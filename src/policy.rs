@@ -57,6 +57,16 @@ pub enum Refusal {
     BadRequest(&'static str),
     NoRoute,
     MethodNotAllowed,
+    /// The vault holds no credential of this user for the connection.
+    ConsentRequired {
+        connection: String,
+    },
+    /// The authorization server refused to exchange the caller's token.
+    ExchangeRejected,
+    /// The authorization server or vault could not be reached.
+    CredentialsUnavailable,
+    /// The authorization server answered with an error not caused by the caller.
+    CredentialsFailed,
 }
 
 impl Refusal {
@@ -74,6 +84,10 @@ impl Refusal {
             Refusal::BodyNotJson | Refusal::BadRequest(_) => 400,
             Refusal::NoRoute => 404,
             Refusal::MethodNotAllowed => 405,
+            Refusal::ConsentRequired { .. } => 403,
+            Refusal::ExchangeRejected => 401,
+            Refusal::CredentialsUnavailable => 503,
+            Refusal::CredentialsFailed => 502,
         }
     }
 
@@ -92,6 +106,10 @@ impl Refusal {
             Refusal::BodyNotJson | Refusal::BadRequest(_) => "invalid_request",
             Refusal::NoRoute => "not_found",
             Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::ConsentRequired { .. } => "consent_required",
+            Refusal::ExchangeRejected => "invalid_token",
+            Refusal::CredentialsUnavailable => "temporarily_unavailable",
+            Refusal::CredentialsFailed => "bad_gateway",
         }
     }
 
@@ -112,6 +130,10 @@ impl Refusal {
             Refusal::BadRequest(_) => "bad_request",
             Refusal::NoRoute => "no_route",
             Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::ConsentRequired { .. } => "consent_required",
+            Refusal::ExchangeRejected => "exchange_rejected",
+            Refusal::CredentialsUnavailable => "credentials_unavailable",
+            Refusal::CredentialsFailed => "credentials_failed",
         }
     }
 
@@ -131,6 +153,10 @@ impl Refusal {
         "bad_request",
         "no_route",
         "method_not_allowed",
+        "consent_required",
+        "exchange_rejected",
+        "credentials_unavailable",
+        "credentials_failed",
     ];
 }
 
@@ -163,6 +189,19 @@ impl fmt::Display for Refusal {
             Refusal::BadRequest(why) => f.write_str(why),
             Refusal::NoRoute => f.write_str("no route matches this request"),
             Refusal::MethodNotAllowed => f.write_str("the method is not allowed on this route"),
+            Refusal::ConsentRequired { connection } => write!(
+                f,
+                "the user has not connected '{connection}' (consent required)"
+            ),
+            Refusal::ExchangeRejected => {
+                f.write_str("the token could not be exchanged for this upstream")
+            }
+            Refusal::CredentialsUnavailable => {
+                f.write_str("the upstream credentials cannot be obtained right now")
+            }
+            Refusal::CredentialsFailed => {
+                f.write_str("the gateway could not obtain credentials for the upstream")
+            }
         }
     }
 }

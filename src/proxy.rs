@@ -16,6 +16,8 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::auth::{Source as TokenSource, Verified};
 use crate::config::model::{RouteLookup, RouteSpec};
+use crate::credentials::cache::UpstreamToken;
+use crate::credentials::header_value;
 use crate::gateway::{bearer, Gateway};
 use crate::policy::input::{RequestInfo, SENSITIVE_HEADERS};
 use crate::policy::{Decision, Refusal};
@@ -32,6 +34,8 @@ pub struct Ctx {
     request_id: String,
     route: Option<Arc<RouteSpec>>,
     verified: Option<Arc<Verified>>,
+    /// Token for the upstream, on routes with `credentials:`.
+    upstream_token: Option<Arc<UpstreamToken>>,
     /// Metric label of the decision: "allowed" or a refusal label.
     outcome: &'static str,
     /// Refusal or policy-failure detail for the decision log.
@@ -160,6 +164,28 @@ impl Proxy {
             TokenSource::Verified => g.metrics.token_cache_misses.inc(),
         }
         ctx.verified = Some(verified.clone());
+        let subject_token = route.credentials.as_ref().map(|_| token.to_string());
+        self.evaluate_policy(session, ctx, g, &route, &verified)
+            .await?;
+        if let (Some(spec), Some(subject)) = (&route.credentials, subject_token) {
+            let t = g
+                .credentials
+                .upstream_token(&route, spec, &verified, &subject)
+                .await?;
+            ctx.upstream_token = Some(t);
+        }
+        Ok(())
+    }
+
+    /// The route's Rego policy, if any.
+    async fn evaluate_policy(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        g: &Gateway,
+        route: &Arc<RouteSpec>,
+        verified: &Verified,
+    ) -> Result<(), Refusal> {
         if route.policy.is_none() {
             return Ok(());
         }
@@ -177,8 +203,8 @@ impl Proxy {
             headers: headers::for_policy(req, route.policy_headers.as_deref(), SENSITIVE_HEADERS),
             body,
         };
-        let index = g.route_index(&route);
-        match g.decide(index, &verified, info) {
+        let index = g.route_index(route);
+        match g.decide(index, verified, info) {
             Ok(Decision::Allow) => Ok(()),
             Ok(Decision::Deny(r)) => Err(r),
             Ok(Decision::RequireApproval(a)) => {
@@ -206,6 +232,7 @@ impl ProxyHttp for Proxy {
             request_id: String::new(),
             route: None,
             verified: None,
+            upstream_token: None,
             outcome: "none",
             reason: None,
             authz_micros: 0,
@@ -263,8 +290,11 @@ impl ProxyHttp for Proxy {
         for name in headers::hop_by_hop(&upstream.headers) {
             upstream.remove_header(&name);
         }
-        if !route.forward_token {
+        if !route.forward_token || route.credentials.is_some() {
             upstream.remove_header("authorization");
+        }
+        if let (Some(spec), Some(token)) = (&route.credentials, &ctx.upstream_token) {
+            upstream.insert_header(spec.header.clone(), header_value(spec, &token.value))?;
         }
         upstream.remove_header("proxy-authorization");
         if !route.preserve_host {

@@ -39,9 +39,22 @@ impl Reply {
     /// The response for a refusal.
     pub fn refusal(r: &Refusal) -> Reply {
         let description = r.to_string();
-        let mut reply = Reply::json(r.status(), json_body(r.code(), &description));
+        let body = match r {
+            Refusal::ConsentRequired { connection } => Bytes::from(
+                serde_json::json!({
+                    "error": r.code(), "error_description": description, "connection": connection,
+                })
+                .to_string(),
+            ),
+            _ => json_body(r.code(), &description),
+        };
+        let mut reply = Reply::json(r.status(), body);
         let challenge = match r {
             Refusal::MissingToken => Some(format!("Bearer realm=\"{REALM}\"")),
+            Refusal::ExchangeRejected => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
+                quoted(&description)
+            )),
             Refusal::InvalidToken(_) => Some(format!(
                 "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
                 quoted(&description)
@@ -55,7 +68,7 @@ impl Reply {
         if let Some(c) = challenge {
             reply.headers.push(("www-authenticate", c));
         }
-        if let Refusal::KeysUnavailable = r {
+        if let Refusal::KeysUnavailable | Refusal::CredentialsUnavailable = r {
             reply.headers.push(("retry-after", "5".to_string()));
         }
         reply

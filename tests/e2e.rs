@@ -7,6 +7,8 @@ mod support;
 mod auth;
 #[path = "e2e/cli.rs"]
 mod cli;
+#[path = "e2e/credentials.rs"]
+mod credentials;
 #[path = "e2e/jwks.rs"]
 mod jwks;
 #[path = "e2e/policy.rs"]

@@ -20,6 +20,10 @@ pub struct FileConfig {
     pub limits: Limits,
     #[serde(default)]
     pub issuers: Vec<Issuer>,
+    /// OAuth clients the gateway authenticates as (token exchange, vault refresh).
+    #[serde(default)]
+    pub clients: Vec<Client>,
+    pub vault: Option<Vault>,
     pub routes: Vec<Route>,
 }
 
@@ -51,6 +55,96 @@ pub struct Tls {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub listen: String,
+    /// Environment variable / file holding the bearer secret of the admin API (`/vault/...`).
+    pub token_env: Option<String>,
+    pub token_file: Option<String>,
+}
+
+/// An OAuth client of the gateway at some authorization server's token endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    pub name: String,
+    pub token_endpoint: String,
+    pub client_id: String,
+    /// `client_secret_basic` (default), `client_secret_post` or `private_key_jwt`.
+    pub auth: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub client_secret_file: Option<String>,
+    /// PEM private key (RSA or EC P-256) for `private_key_jwt` and actor tokens.
+    pub private_key_file: Option<String>,
+    /// `kid` put in the assertion header.
+    pub key_id: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// The built-in credential vault.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vault {
+    /// SQLite file, relative to the config file.
+    pub path: String,
+    /// Keys come from the environment or a file, never from this file.
+    pub key_env: Option<String>,
+    pub key_file: Option<String>,
+    #[serde(default)]
+    pub connections: Vec<Connection>,
+}
+
+/// A third-party provider whose per-user credentials the vault holds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connection {
+    pub name: String,
+    /// Client (in `clients:`) used for the refresh_token grant.
+    pub client: String,
+}
+
+/// How a route obtains the upstream's token. Exactly one mode.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub token_exchange: Option<TokenExchange>,
+    pub token_vault: Option<TokenVault>,
+    pub vault: Option<VaultRef>,
+    /// Header the upstream token goes in. Default `authorization`.
+    pub header: Option<String>,
+    /// Prefix of the header value. Default `Bearer` for `authorization`, none otherwise.
+    pub scheme: Option<String>,
+    /// Renew this long before the upstream token expires. Default 30.
+    pub expiry_margin_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenExchange {
+    pub client: String,
+    #[serde(default)]
+    pub audience: Vec<String>,
+    #[serde(default)]
+    pub resource: Vec<String>,
+    pub scope: Option<String>,
+    pub requested_token_type: Option<String>,
+    /// Send the gateway's own client assertion as `actor_token` (needs `private_key_file`).
+    #[serde(default)]
+    pub actor_token: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenVault {
+    pub client: String,
+    pub connection: String,
+    pub scope: Option<String>,
+    /// Send the user's `sub` as `login_hint`.
+    #[serde(default)]
+    pub login_hint: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultRef {
+    pub connection: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +236,8 @@ pub struct Route {
     pub preserve_host: bool,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Swap the user's token for an upstream token before forwarding.
+    pub credentials: Option<Credentials>,
 }
 
 #[derive(Debug, Default, Deserialize)]

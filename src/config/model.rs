@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::Algorithm;
+use jsonwebtoken::{Algorithm, EncodingKey};
 
 use crate::roles::RoleMap;
+use crate::secret::Secret;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -22,7 +23,109 @@ pub struct Config {
     pub token_cache_entries: usize,
     pub jwks_max_bytes: usize,
     pub issuers: Vec<Arc<IssuerSpec>>,
+    pub clients: Vec<Arc<ClientSpec>>,
+    pub vault: Option<VaultSpec>,
+    /// Bearer secret of the admin API's `/vault` endpoints (absent: those endpoints are off).
+    pub admin_token: Option<Secret>,
     pub routes: Vec<Arc<RouteSpec>>,
+}
+
+/// An OAuth client of the gateway (token exchange, refresh).
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    pub name: Arc<str>,
+    pub token_endpoint: String,
+    pub client_id: String,
+    pub auth: ClientAuth,
+    /// Signing key for `private_key_jwt` and actor tokens.
+    pub signing_key: Option<SigningKey>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum ClientAuth {
+    SecretBasic(Secret),
+    SecretPost(Secret),
+    PrivateKeyJwt,
+}
+
+/// A private key the gateway signs assertions with.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub key: EncodingKey,
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({:?}, kid {:?})", self.alg, self.kid)
+    }
+}
+
+/// Where the vault's encryption keys come from (never the config file).
+#[derive(Debug, Clone)]
+pub enum VaultKeySource {
+    Env(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct VaultSpec {
+    pub path: PathBuf,
+    pub keys: VaultKeySource,
+    pub connections: Vec<ConnectionSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectionSpec {
+    pub name: Arc<str>,
+    /// Index into `Config::clients`.
+    pub client: usize,
+}
+
+/// How a route gets the token it sends upstream.
+#[derive(Debug, Clone)]
+pub struct CredentialSpec {
+    pub mode: CredentialMode,
+    /// Lower-case header name.
+    pub header: String,
+    /// Value prefix (`Bearer`), if any.
+    pub scheme: Option<String>,
+    pub expiry_margin: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum CredentialMode {
+    /// RFC 8693 token exchange; `client` indexes `Config::clients`.
+    TokenExchange {
+        client: usize,
+        audience: Vec<String>,
+        resource: Vec<String>,
+        scope: Option<String>,
+        requested_token_type: Option<String>,
+        actor_token: bool,
+    },
+    /// Auth0 Token Vault federated-connection access token exchange.
+    TokenVault {
+        client: usize,
+        connection: String,
+        scope: Option<String>,
+        login_hint: bool,
+    },
+    /// The built-in vault; `connection` indexes `VaultSpec::connections`.
+    Vault { connection: usize },
+}
+
+impl CredentialMode {
+    /// `input.credentials.mode` and metric label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CredentialMode::TokenExchange { .. } => "token_exchange",
+            CredentialMode::TokenVault { .. } => "token_vault",
+            CredentialMode::Vault { .. } => "vault",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +191,7 @@ pub struct RouteSpec {
     pub forward_token: bool,
     pub preserve_host: bool,
     pub timeouts: UpstreamTimeouts,
+    pub credentials: Option<CredentialSpec>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -1,5 +1,7 @@
 //! `file::FileConfig` → `model::Config`: every check that can be made without the network.
 
+mod credentials;
+
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -11,8 +13,8 @@ use jsonwebtoken::Algorithm;
 
 use super::file;
 use super::model::{
-    AuthSpec, Config, IssuerSpec, JwksTiming, KeySource, ListenSpec, RouteMatch, RouteSpec,
-    ServerSpec, TlsFiles, Upstream, UpstreamTimeouts,
+    AuthSpec, ClientSpec, Config, IssuerSpec, JwksTiming, KeySource, ListenSpec, RouteMatch,
+    RouteSpec, ServerSpec, TlsFiles, Upstream, UpstreamTimeouts, VaultSpec,
 };
 use super::{ConfigError, Source};
 use crate::roles::RoleMap;
@@ -35,10 +37,19 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
     }
     let base = src.base_dir();
     let listen = listen(src, &base, raw.listen)?;
-    let admin_listen = raw
-        .admin
-        .map(|a| socket_addr(src, "admin.listen", &a.listen))
-        .transpose()?;
+    let (admin_listen, admin_token) = match &raw.admin {
+        Some(a) => (
+            Some(socket_addr(src, "admin.listen", &a.listen)?),
+            credentials::secret(
+                src,
+                &base,
+                "admin.token_env",
+                a.token_env.as_deref(),
+                a.token_file.as_deref(),
+            )?,
+        ),
+        None => (None, None),
+    };
     if admin_listen == Some(listen.addr) {
         return Err(src.error("admin.listen", "must differ from `listen`"));
     }
@@ -80,6 +91,9 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
         issuers.push(Arc::new(issuer(src, &base, &at, iss)?));
     }
 
+    let clients = credentials::clients(src, &base, raw.clients)?;
+    let vault = credentials::vault(src, &base, raw.vault, &clients)?;
+
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut route_names = HashSet::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -90,7 +104,14 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
                 format!("duplicate route name '{}'", r.name),
             ));
         }
-        routes.push(Arc::new(route(src, &at, r, &issuers)?));
+        routes.push(Arc::new(route(
+            src,
+            &at,
+            r,
+            &issuers,
+            &clients,
+            vault.as_ref(),
+        )?));
     }
     if routes.is_empty() {
         return Err(src.error("routes", "at least one route is required"));
@@ -116,6 +137,9 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
             1 << 20,
         )?,
         issuers,
+        clients,
+        vault,
+        admin_token,
         routes,
     })
 }
@@ -311,6 +335,8 @@ fn route(
     at: &str,
     r: file::Route,
     issuers: &[Arc<IssuerSpec>],
+    clients: &[Arc<ClientSpec>],
+    vault: Option<&VaultSpec>,
 ) -> Result<RouteSpec, ConfigError> {
     if r.name.is_empty()
         || !r
@@ -369,6 +395,28 @@ fn route(
             format!("must be between 1 and {MAX_POLICY_BODY}"),
         ));
     }
+    let credentials = match r.credentials {
+        Some(_) if auth.is_none() => {
+            return Err(src.error(
+                &format!("{at}.credentials"),
+                "credentials are obtained for a user: the route needs `auth:`",
+            ))
+        }
+        Some(_) if r.forward_token => {
+            return Err(src.error(
+                &format!("{at}.forward_token"),
+                "a route with `credentials:` never forwards the user's token",
+            ))
+        }
+        Some(c) => Some(credentials::credentials(
+            src,
+            &format!("{at}.credentials"),
+            c,
+            clients,
+            vault,
+        )?),
+        None => None,
+    };
     let ms = |v: Option<u64>| v.map(Duration::from_millis);
     Ok(RouteSpec {
         name: Arc::from(r.name.as_str()),
@@ -389,6 +437,7 @@ fn route(
             write: ms(r.timeouts.write_ms),
             idle: ms(r.timeouts.idle_ms),
         },
+        credentials,
     })
 }
 

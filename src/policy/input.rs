@@ -6,7 +6,8 @@
 //!                "query": "a=1", "query_params": {"a": ["1"]}, "headers": {"x-tenant": "acme"} },
 //!   "subject": { "sub": "alice", "agent": "agent-1", "issuer": "corp",
 //!                "scopes": [...effective], "token_scopes": [...], "roles": [...], "claims": {...} },
-//!   "body": {...} }     // only on routes with `policy_body: true`
+//!   "body": {...},      // only on routes with `policy_body: true`
+//!   "credentials": {"mode": "token_exchange", "connection": "..."} }  // routes with `credentials:`
 //! ```
 
 use std::collections::BTreeMap;
@@ -80,8 +81,22 @@ fn query_params(query: &str) -> Value {
     )
 }
 
+/// `input.credentials` of a route that swaps tokens: `{"mode": ..., "connection": ...}`.
+pub fn credentials_value(mode: &str, connection: Option<&str>) -> Value {
+    let mut entries = vec![("mode", Value::from(mode))];
+    if let Some(c) = connection {
+        entries.push(("connection", Value::from(c)));
+    }
+    obj(entries)
+}
+
 /// The whole input document.
-pub fn build(route: &str, req: RequestInfo<'_>, subject: &Value) -> Value {
+pub fn build(
+    route: &str,
+    req: RequestInfo<'_>,
+    subject: &Value,
+    credentials: Option<&Value>,
+) -> Value {
     let headers = Value::from(
         req.headers
             .iter()
@@ -105,6 +120,9 @@ pub fn build(route: &str, req: RequestInfo<'_>, subject: &Value) -> Value {
     ];
     if let Some(body) = req.body {
         top.push(("body", Value::from(body)));
+    }
+    if let Some(c) = credentials {
+        top.push(("credentials", c.clone()));
     }
     obj(top)
 }
@@ -138,7 +156,9 @@ mod tests {
             headers: vec![("x-tenant", "acme")],
             body: Some(serde_json::json!({"amount": 5})),
         };
-        let v = build("invoices", req, &subject_value(&id));
+        let creds = super::credentials_value("vault", Some("github"));
+        let v = build("invoices", req, &subject_value(&id), Some(&creds));
+        assert_eq!(v["credentials"]["connection"], Value::from("github"));
         assert_eq!(v["route"], Value::from("invoices"));
         assert_eq!(v["request"]["method"], Value::from("GET"));
         assert_eq!(v["request"]["headers"]["x-tenant"], Value::from("acme"));

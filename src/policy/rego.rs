@@ -151,6 +151,7 @@ fn sample_input() -> Value {
             ..Default::default()
         },
         &Value::new_object(),
+        None,
     )
 }
 

@@ -114,6 +114,17 @@ impl Op {
                          "scope": "invoices:read invoices:pay", "set": {"dept": "finance"}}))
     }
 
+    /// Requests served by the token endpoint so far.
+    pub fn token_requests(&self) -> u64 {
+        let s: Value = client()
+            .get(format!("{}/test/stats", self.url()))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        s["token"].as_u64().unwrap()
+    }
+
     pub fn jwks_fetches(&self) -> u64 {
         let s: Value = client()
             .get(format!("{}/test/stats", self.url()))
@@ -333,6 +344,11 @@ impl Gw {
     }
 
     pub fn start_opts(yaml: &str, wait_ready: bool) -> Gw {
+        Gw::start_env(yaml, wait_ready, &[])
+    }
+
+    /// Start with extra environment variables (secrets the config names).
+    pub fn start_env(yaml: &str, wait_ready: bool, env: &[(&str, &str)]) -> Gw {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
@@ -346,6 +362,7 @@ impl Gw {
             .args(["run", "--config"])
             .arg(&path)
             .env("PORTCULLIS_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
