@@ -16,3 +16,4 @@ pub mod proxy;
 pub mod respond;
 pub mod roles;
 pub mod server;
+pub mod vault;
