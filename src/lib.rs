@@ -18,3 +18,4 @@ pub mod respond;
 pub mod roles;
 pub mod secret;
 pub mod server;
+pub mod vault;
