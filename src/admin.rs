@@ -1,5 +1,7 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz` (alive) and `/readyz`
-//! (every issuer has signing keys).
+//! The admin listener: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz`
+//! (every issuer has signing keys) and the vault API under `/vault/` (see `admin/vault.rs`).
+
+mod vault;
 
 use std::sync::Arc;
 
@@ -29,7 +31,11 @@ fn reply(status: u16, content_type: &str, body: String) -> Response<Vec<u8>> {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let g = self.state.load_full();
-        match session.req_header().uri.path() {
+        let path = session.req_header().uri.path().to_string();
+        if path.starts_with("/vault/") {
+            return vault::serve(&g, session).await;
+        }
+        match path.as_str() {
             "/metrics" => {
                 g.metrics
                     .token_cache_entries

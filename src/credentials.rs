@@ -5,15 +5,17 @@
 
 pub mod cache;
 pub mod oauth;
+pub mod vault;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::{now, Verified};
-use crate::config::model::{Config, CredentialMode, CredentialSpec, RouteSpec};
+use crate::config::model::{Config, ConnectionSpec, CredentialMode, CredentialSpec, RouteSpec};
 use crate::metrics::CredentialMetrics;
 use crate::policy::Refusal;
 use crate::secret::Secret;
+use crate::vault::VaultStore;
 use cache::{Source, TokenCache, UpstreamToken};
 use oauth::{OAuthError, TokenClient, TokenResponse};
 
@@ -32,6 +34,8 @@ pub struct Credentials {
     clients: Vec<TokenClient>,
     pub cache: TokenCache,
     metrics: CredentialMetrics,
+    vault: Option<Arc<VaultStore>>,
+    connections: Vec<ConnectionSpec>,
 }
 
 /// `valid_until` for a token that lives `expires_in` seconds from `now`: the configured
@@ -42,8 +46,19 @@ pub fn valid_until(now: u64, expires_in: Option<u64>, spec: &CredentialSpec) -> 
 }
 
 impl Credentials {
-    pub fn new(config: &Config, http: reqwest::Client, metrics: CredentialMetrics) -> Credentials {
+    pub fn new(
+        config: &Config,
+        http: reqwest::Client,
+        metrics: CredentialMetrics,
+        vault: Option<Arc<VaultStore>>,
+    ) -> Credentials {
         Credentials {
+            vault,
+            connections: config
+                .vault
+                .as_ref()
+                .map(|v| v.connections.clone())
+                .unwrap_or_default(),
             clients: config
                 .clients
                 .iter()
@@ -52,6 +67,15 @@ impl Credentials {
             cache: TokenCache::new(config.token_cache_entries),
             metrics,
         }
+    }
+
+    /// The opened vault, if one is configured.
+    pub fn vault(&self) -> Option<&Arc<VaultStore>> {
+        self.vault.as_ref()
+    }
+
+    pub fn has_connection(&self, name: &str) -> bool {
+        self.connections.iter().any(|c| *c.name == *name)
     }
 
     /// The token to send to `route`'s upstream for this caller.
@@ -141,8 +165,18 @@ impl Credentials {
                 }
                 self.clients[*client].request(params).await
             }
-            CredentialMode::Vault { .. } => {
-                return Err(Refusal::CredentialsFailed);
+            CredentialMode::Vault { connection } => {
+                let (Some(store), Some(conn)) = (&self.vault, self.connections.get(*connection))
+                else {
+                    return Err(Refusal::CredentialsUnavailable);
+                };
+                let source = vault::VaultSource {
+                    store,
+                    connection: conn,
+                    client: &self.clients[conn.client],
+                    metrics: &self.metrics,
+                };
+                return source.token(&verified.identity.sub, spec, now).await;
             }
         };
         match result {

@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use crate::auth::jwks::IssuerKeys;
 use crate::auth::{Source as TokenSource, Verified, Verifier};
-use crate::config::model::CredentialMode;
 use crate::config::model::{Config, KeySource, RouteSpec};
+use crate::config::model::{CredentialMode, VaultKeySource};
 use crate::config::{self, ConfigError, Source};
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
 use crate::policy::input::{self, RequestInfo};
 use crate::policy::rego::{entrypoint, PolicyLoadError, PolicySet};
 use crate::policy::{check_identity, Decision, Refusal};
+use crate::vault::{VaultKeys, VaultStore};
 
 pub struct Gateway {
     pub config: Config,
@@ -52,9 +53,19 @@ pub fn bearer<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Result<&'a str,
 }
 
 impl Gateway {
-    /// Load and validate `path`, compile its policies and load file-based keys. Nothing is
-    /// fetched from the network.
+    /// Load and validate `path`, compile its policies, load file-based keys and open (or
+    /// create) the vault. Nothing is fetched from the network.
     pub fn load(path: &Path) -> Result<Gateway, ConfigError> {
+        Gateway::load_with(path, true)
+    }
+
+    /// As `load`, for `portcullis check`: an existing vault is opened (so a wrong key is
+    /// reported), a missing one is not created.
+    pub fn check(path: &Path) -> Result<Gateway, ConfigError> {
+        Gateway::load_with(path, false)
+    }
+
+    fn load_with(path: &Path, create_vault: bool) -> Result<Gateway, ConfigError> {
         let (source, config) = config::load(path)?;
         let packages: Vec<&str> = config
             .routes
@@ -93,7 +104,8 @@ impl Gateway {
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| source.error("clients", format!("cannot build HTTP client: {e}")))?;
-        let credentials = Credentials::new(&config, token_http, metrics.credentials.clone());
+        let vault = open_vault(&source, &config, create_vault)?;
+        let credentials = Credentials::new(&config, token_http, metrics.credentials.clone(), vault);
         let credential_inputs = config
             .routes
             .iter()
@@ -167,6 +179,38 @@ impl Gateway {
             .position(|r| Arc::ptr_eq(r, route))
             .unwrap_or(0)
     }
+}
+
+/// Open the configured vault with keys from the environment or the key file.
+fn open_vault(
+    source: &Source,
+    config: &Config,
+    create: bool,
+) -> Result<Option<Arc<VaultStore>>, ConfigError> {
+    let Some(spec) = &config.vault else {
+        return Ok(None);
+    };
+    let text = match &spec.keys {
+        VaultKeySource::Env(var) => std::env::var(var).map_err(|_| {
+            source.error(
+                "vault.key_env",
+                format!("environment variable '{var}' is not set"),
+            )
+        })?,
+        VaultKeySource::File(p) => std::fs::read_to_string(p).map_err(|e| {
+            source.error(
+                "vault.key_file",
+                format!("cannot read {}: {e}", p.display()),
+            )
+        })?,
+    };
+    let keys = VaultKeys::parse(&text).map_err(|e| source.error("vault", e.to_string()))?;
+    if !create && !spec.path.exists() {
+        return Ok(None);
+    }
+    let store = VaultStore::open(&spec.path, keys)
+        .map_err(|e| source.error("vault.path", format!("{}: {e}", spec.path.display())))?;
+    Ok(Some(Arc::new(store)))
 }
 
 fn policy_error(source: &Source, config: &Config, e: PolicyLoadError) -> ConfigError {

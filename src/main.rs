@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use portcullis::gateway::Gateway;
 use portcullis::policy::testing;
+use portcullis::vault::cli::VaultCommand;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +37,11 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// The built-in credential vault, offline.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
     },
 }
 
@@ -68,7 +74,7 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Gateway::load(&config) {
+        Command::Check { config } => match Gateway::check(&config) {
             Ok(g) => {
                 println!(
                     "{}: OK ({} issuers, {} routes, {} policy files)",
@@ -101,6 +107,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Vault { command } => portcullis::vault::cli::run(command),
         Command::Policy {
             command: PolicyCommand::Test { dir },
         } => match testing::run(&dir) {

@@ -16,45 +16,16 @@
 //! Keys rotate: the first configured key encrypts every write, the others only decrypt, and
 //! [`VaultStore::rotate`] re-encrypts old rows under the primary key.
 
+pub mod cli;
+pub mod input;
 pub mod keys;
 pub mod store;
 
-use std::fmt;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::secret::Secret;
 pub use keys::VaultKeys;
 pub use store::{Credential, CredentialMeta, VaultStore};
-
-/// A secret string whose `Debug`/`Display` never shows the value.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-
-    /// The secret value itself; use only where it must leave the process (e.g. an upstream call).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
 
 /// Everything that can go wrong in the vault. Messages never contain key material or tokens.
 #[derive(Debug, thiserror::Error)]
@@ -125,19 +96,5 @@ pub enum VaultError {
 impl From<rusqlite::Error> for VaultError {
     fn from(e: rusqlite::Error) -> Self {
         VaultError::Sqlite(e.to_string())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Secret;
-
-    #[test]
-    fn secret_never_printed() {
-        let s = Secret::new("hunter2".to_string());
-        assert_eq!(format!("{s:?}"), "Secret(***)");
-        assert_eq!(format!("{s}"), "***");
-        assert_eq!(s.expose(), "hunter2");
-        assert_eq!(serde_json::to_string(&s).unwrap(), "\"hunter2\"");
     }
 }

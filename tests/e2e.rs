@@ -15,3 +15,5 @@ mod jwks;
 mod policy;
 #[path = "e2e/proxy.rs"]
 mod proxy;
+#[path = "e2e/vault.rs"]
+mod vault;

@@ -53,6 +53,15 @@ pub struct Op {
 impl Op {
     /// Start the OP on `port`, with `iss` = `issuer` (default: its own URL).
     pub fn start_on(port: u16, issuer: Option<&str>) -> Op {
+        Op::start_with(port, issuer, &[])
+    }
+
+    /// A fresh OP with extra environment (`ACCESS_TOKEN_TTL`, `AUTO_APPROVE_MS`, ...).
+    pub fn start_env(env: &[(&str, &str)]) -> Op {
+        Op::start_with(free_port(), None, env)
+    }
+
+    fn start_with(port: u16, issuer: Option<&str>, env: &[(&str, &str)]) -> Op {
         let peers = repo().join("tests/peers");
         assert!(
             peers.join("node_modules/oidc-provider").is_dir(),
@@ -65,6 +74,7 @@ impl Op {
             .current_dir(&peers)
             .env("ISSUER", &issuer)
             .env("PARENT_PID", std::process::id().to_string())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

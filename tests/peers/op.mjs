@@ -1,6 +1,6 @@
 // Test OpenID Provider for portcullis integration tests (oidc-provider 9.x).
 // Usage: node op.mjs [port]   (env: PORT, HOST, ISSUER, AUTO_APPROVE_MS, CIBA_INTERVAL,
-//        SLOW_DOWN, DEFAULT_RESOURCE, RESOURCE_SCOPES, RAR_TYPES)
+//        SLOW_DOWN, DEFAULT_RESOURCE, RESOURCE_SCOPES, RAR_TYPES, ACCESS_TOKEN_TTL)
 // Test-only hooks: GET /pending, POST /approve/<auth_req_id|latest>, POST /deny/<auth_req_id|latest>,
 //   POST /test/token (mint a user access token, see mintToken), GET /test/stats (request counts)
 // PARENT_PID: exit when that process is gone (tests share one OP per test binary).
@@ -19,6 +19,7 @@ const SLOW_DOWN = env.SLOW_DOWN === '1'; // answer slow_down to polls faster tha
 const DEFAULT_RESOURCE = env.DEFAULT_RESOURCE || 'https://api.portcullis.test';
 const RESOURCE_SCOPES = env.RESOURCE_SCOPES || 'invoices:read invoices:pay admin:delete_all';
 const RAR_TYPES = (env.RAR_TYPES || 'payment_initiation,tool_call').split(',');
+const ACCESS_TOKEN_TTL = Number(env.ACCESS_TOKEN_TTL || 600); // seconds, for every access token
 
 const CIBA = 'urn:openid:params:grant-type:ciba';
 const TE = 'urn:ietf:params:oauth:grant-type:token-exchange';
@@ -47,7 +48,7 @@ const ownJwks = jose.createLocalJWKSet({
 const client = (id) => ({
   client_id: id,
   client_secret: `${id}-secret`,
-  grant_types: ['client_credentials', CIBA, TE, TV],
+  grant_types: ['client_credentials', CIBA, TE, TV, 'refresh_token'],
   response_types: [],
   redirect_uris: [],
   backchannel_token_delivery_mode: 'poll',
@@ -58,7 +59,7 @@ const client = (id) => ({
 const resourceInfo = (resource) => ({
   scope: RESOURCE_SCOPES,
   audience: resource,
-  accessTokenTTL: 600,
+  accessTokenTTL: ACCESS_TOKEN_TTL,
   accessTokenFormat: 'jwt',
   jwt: { sign: { alg: resource.includes('es256') ? 'ES256' : 'RS256' } },
 });
@@ -81,8 +82,11 @@ const provider = new Provider(ISSUER, {
     }),
     ...(token.act && { act: token.act }),
   }),
+  // Refresh tokens (CIBA with offline_access) rotate on every use, as Auth0 and most
+  // third-party providers do; reusing a rotated one is refused.
+  rotateRefreshToken: () => true,
   ttl: { // explicit values also silence oidc-provider's "default ttl" notices
-    AccessToken: 600, ClientCredentials: 600, IdToken: 3600, Grant: 3600,
+    AccessToken: ACCESS_TOKEN_TTL, ClientCredentials: ACCESS_TOKEN_TTL, RefreshToken: 86400, IdToken: 3600, Grant: 3600,
     BackchannelAuthenticationRequest: (ctx) => Math.min(600, Number(ctx?.oidc?.params?.requested_expiry) || 600),
   },
   formats: {
