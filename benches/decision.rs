@@ -14,10 +14,12 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
+use portcullis::credentials::cache::{self, UpstreamToken};
 use portcullis::gateway::Gateway;
 use portcullis::policy::input::RequestInfo;
 use portcullis::policy::Decision;
 use portcullis::roles::RoleMap;
+use portcullis::secret::Secret;
 
 const ISSUER: &str = "https://idp.bench.test";
 const AUDIENCE: &str = "https://api.bench.test";
@@ -89,15 +91,24 @@ issuers:
     audiences: ["{AUDIENCE}"]
     algorithms: [RS256, ES256]
     roles: {{ claim: roles, grants: {{ finance: ["invoices:read", "invoices:pay"], viewer: ["invoices:read"] }} }}
+clients:
+  - {{ name: gw, token_endpoint: "http://127.0.0.1:9/token", client_id: portcullis, client_secret_file: secret.txt }}
 routes:
   - name: invoices
     match: {{ path_prefix: /invoices }}
     upstream: "http://127.0.0.1:9000"
     auth: {{ issuer: corp, require_scopes: ["invoices:read"], agents: ["agent-1"] }}
     policy: invoices
+  - name: billing
+    match: {{ path_prefix: /billing }}
+    upstream: "http://127.0.0.1:9000"
+    auth: {{ issuer: corp, require_scopes: ["invoices:read"] }}
+    credentials:
+      token_exchange: {{ client: gw, resource: ["https://billing.test"] }}
 "#,
         policies.display()
     );
+    std::fs::write(dir.join("secret.txt"), "bench-secret").expect("write secret");
     let path = dir.join("bench.yaml");
     std::fs::write(&path, yaml).expect("write config");
     Gateway::load(&path).expect("bench config loads")
@@ -164,6 +175,46 @@ fn benches(c: &mut Criterion) {
 
     c.bench_function("rego_decision_invoices", |b| {
         b.iter(|| g.decide(0, &verified, black_box(request())).is_ok())
+    });
+
+    // Exchanged-token cache hit: fill the slot once (the token endpoint is never called).
+    let billing = g.config.routes[1].clone();
+    let spec = billing.credentials.clone().expect("credentials");
+    let id = &verified.identity;
+    let slot = cache::key(&billing.name, &id.issuer, &id.sub, id.agent.as_deref());
+    rt.block_on(
+        g.credentials
+            .cache
+            .get_or_fetch(slot, &id.sub, now(), u64::MAX, || async {
+                Ok(UpstreamToken {
+                    value: Secret::new("upstream-token".into()),
+                    valid_until: now() + 3600,
+                })
+            }),
+    )
+    .expect("cache filled");
+    c.bench_function("exchanged_token_cache_hit", |b| {
+        b.iter(|| {
+            rt.block_on(
+                g.credentials
+                    .upstream_token(&billing, &spec, &verified, black_box(&rs)),
+            )
+            .is_ok()
+        })
+    });
+    c.bench_function("authz_path_cached_token_exchange", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let (v, _) = g
+                    .authenticate(&billing, black_box(&rs))
+                    .await
+                    .expect("verifies");
+                g.credentials
+                    .upstream_token(&billing, &spec, &v, &rs)
+                    .await
+                    .is_ok()
+            })
+        })
     });
 
     c.bench_function("authz_path_cached_token_scopes_rego", |b| {
