@@ -1,0 +1,534 @@
+//! The SQLite-backed store of approval holds: one row per approval id, surviving restarts.
+//!
+//! An approval is bound to the request it was asked for ([`Binding`]) and is single-use:
+//! [`ApprovalStore::consume`] moves it from `approved` to `used` inside one `BEGIN IMMEDIATE`
+//! transaction, so of any number of concurrent callers (threads, or processes sharing the
+//! file) exactly one gets [`Consume::Consumed`]. The CIBA `auth_req_id` is stored in plaintext
+//! (it is useless without the gateway's client credentials); the file is created with mode 0600,
+//! a file that group or others may access is refused, and deleted rows are overwritten.
+
+use std::fs::{self, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use aws_lc_rs::{digest, rand};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, ToSql, TransactionBehavior};
+
+use crate::secret::Secret;
+
+/// Written to `PRAGMA user_version`; a file with a higher version is refused.
+const SCHEMA_VERSION: i64 = 1;
+/// How long a statement waits for another connection holding the database lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS approvals (id TEXT PRIMARY KEY NOT NULL, route TEXT NOT NULL,
+    sub TEXT NOT NULL, agent TEXT, method TEXT NOT NULL, target TEXT NOT NULL,
+    body_sha256 BLOB NOT NULL CHECK (length(body_sha256) = 32), auth_req_id TEXT NOT NULL,
+    binding_message TEXT NOT NULL, authorization_details TEXT NOT NULL,
+    status TEXT NOT NULL
+        CHECK (status IN ('pending', 'approved', 'denied', 'expired', 'failed', 'used')),
+    interval_secs INTEGER NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS approvals_status_created ON approvals (status, created_at);
+CREATE INDEX IF NOT EXISTS approvals_sub_status ON approvals (sub, status);";
+
+const COLUMNS: &str = "id, route, sub, agent, method, target, body_sha256, auth_req_id, \
+    binding_message, authorization_details, status, interval_secs, created_at, expires_at, \
+    updated_at";
+
+/// The life cycle of an approval: `Pending` until the user answers (or the request expires or
+/// polling fails), then `Approved` until the agent's retry consumes it (`Used`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalStatus {
+    /// Waiting for the user's decision (the gateway polls the CIBA token endpoint).
+    Pending,
+    /// The user approved; the bound request may be sent once.
+    Approved,
+    /// The user refused.
+    Denied,
+    /// No decision (or no use) before `expires_at`.
+    Expired,
+    /// Polling failed for good (an error from the authorization server).
+    Failed,
+    /// The approval was consumed by the bound request.
+    Used,
+}
+
+impl ApprovalStatus {
+    /// The lowercase name stored in the database: `pending`, `approved`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Denied => "denied",
+            ApprovalStatus::Expired => "expired",
+            ApprovalStatus::Failed => "failed",
+            ApprovalStatus::Used => "used",
+        }
+    }
+
+    /// The status named by [`ApprovalStatus::as_str`], or `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "approved" => Self::Approved,
+            "denied" => Self::Denied,
+            "expired" => Self::Expired,
+            "failed" => Self::Failed,
+            "used" => Self::Used,
+            _ => return None,
+        })
+    }
+
+    /// Whether the status can no longer change: all but `Pending` and `Approved`.
+    pub fn is_final(self) -> bool {
+        !matches!(self, ApprovalStatus::Pending | ApprovalStatus::Approved)
+    }
+}
+
+impl ToSql for ApprovalStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for ApprovalStatus {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = value.as_str()?;
+        ApprovalStatus::parse(s)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown approval status '{s}'").into()))
+    }
+}
+
+/// What the approval is bound to: the request it was asked for. Only an identical request
+/// (same user, agent, method, target and body) may consume it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The user's subject.
+    pub sub: String,
+    /// The agent (client) acting for the user, if known.
+    pub agent: Option<String>,
+    /// The HTTP method.
+    pub method: String,
+    /// The request target, `path?query`.
+    pub target: String,
+    /// SHA-256 of the request body ([`Binding::body_hash`]).
+    pub body_sha256: [u8; 32],
+}
+
+impl Binding {
+    /// SHA-256 of a request body.
+    pub fn body_hash(body: &[u8]) -> [u8; 32] {
+        let d = digest::digest(&digest::SHA256, body);
+        let mut out = [0u8; 32];
+        for (o, b) in out.iter_mut().zip(d.as_ref()) {
+            *o = *b;
+        }
+        out
+    }
+}
+
+/// One approval hold as stored. `Debug` never shows the `auth_req_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalRecord {
+    /// The approval id given to the agent ([`new_id`]).
+    pub id: String,
+    /// The name of the route the request was sent to.
+    pub route: String,
+    /// The request the approval is for.
+    pub binding: Binding,
+    /// The CIBA `auth_req_id` (a credential for polling).
+    pub auth_req_id: Secret,
+    /// The binding message shown to the user on their device.
+    pub binding_message: String,
+    /// The RAR `authorization_details` sent with the request, as JSON text (stored verbatim).
+    pub authorization_details: String,
+    /// Where the approval is in its life cycle.
+    pub status: ApprovalStatus,
+    /// The current CIBA polling interval, seconds.
+    pub interval_secs: u64,
+    /// When the approval was requested, unix seconds.
+    pub created_at: u64,
+    /// When it stops being valid (for a decision and for use), unix seconds.
+    pub expires_at: u64,
+    /// When it was last written, unix seconds.
+    pub updated_at: u64,
+}
+
+/// A fresh approval id: 128 random bits, base64url without padding (22 characters).
+pub fn new_id() -> Result<String, ApprovalStoreError> {
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes).map_err(|_| ApprovalStoreError::Random)?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Everything that can go wrong in the approval store. Messages never contain an
+/// `auth_req_id`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalStoreError {
+    /// A file-system operation on the store file failed.
+    #[error("approval store I/O error: {0}")]
+    Io(String),
+    /// The store file (or its WAL/SHM companion) can be read or written by group or others.
+    #[error(
+        "approval store file {} is accessible by group or others (mode {mode:03o}); \
+         restrict it with `chmod 600`",
+        .path.display()
+    )]
+    InsecurePermissions {
+        /// The offending file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// SQLite reported an error (including a stored row that cannot be read back).
+    #[error("approval store database error: {0}")]
+    Sqlite(String),
+    /// The file was written by a newer, incompatible version of the store.
+    #[error("unsupported approval store schema version {found} (this build supports {supported})")]
+    UnsupportedSchema {
+        /// The version found in the file.
+        found: i64,
+        /// The version this build writes.
+        supported: i64,
+    },
+    /// No approval has this id.
+    #[error("no such approval")]
+    NotFound,
+    /// [`ApprovalStore::insert`]: an approval with this id already exists.
+    #[error("an approval with id '{id}' already exists")]
+    Duplicate {
+        /// The approval id.
+        id: String,
+    },
+    /// [`ApprovalStore::transition`] was asked for a change the life cycle does not allow.
+    #[error("invalid approval transition from {} to {}", .from.as_str(), .to.as_str())]
+    InvalidTransition {
+        /// The expected current status.
+        from: ApprovalStatus,
+        /// The requested status.
+        to: ApprovalStatus,
+    },
+    /// A caller-supplied value cannot be stored (an integer beyond `i64::MAX`, an empty id).
+    #[error("invalid approval store argument: {0}")]
+    InvalidArgument(String),
+    /// The system random generator failed.
+    #[error("the random generator failed")]
+    Random,
+}
+
+impl From<rusqlite::Error> for ApprovalStoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApprovalStoreError::Sqlite(e.to_string())
+    }
+}
+
+/// What [`ApprovalStore::consume`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consume {
+    /// The approval was approved and bound to this request; it is now used. Send the request.
+    Consumed,
+    /// No approval has this id.
+    NotFound,
+    /// The approval is for another request (user, agent, method, target or body differ):
+    /// refuse; the record is unchanged and its status is not disclosed.
+    Mismatch,
+    /// The user has not answered yet.
+    Pending,
+    /// The user refused.
+    Denied,
+    /// The approval expired before it was decided or used.
+    Expired,
+    /// The approval was already consumed.
+    AlreadyUsed,
+    /// Polling the authorization server failed.
+    Failed,
+}
+
+/// The approval store: a SQLite file (WAL mode). Synchronous and `Send + Sync`; async callers
+/// wrap calls in `spawn_blocking`. Several stores (or processes) may share one file.
+#[derive(Debug)]
+pub struct ApprovalStore {
+    conn: Mutex<Connection>,
+}
+
+impl ApprovalStore {
+    /// Opens or creates the store file. A new file is created with mode 0600; an existing file
+    /// (or WAL/SHM companion) that group or others may access is refused. Creates the schema
+    /// and refuses a file from a newer schema version.
+    pub fn open(path: &Path) -> Result<ApprovalStore, ApprovalStoreError> {
+        create_or_check(path)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            let msg = format!("cannot enable WAL journal mode (got '{mode}')");
+            return Err(ApprovalStoreError::Sqlite(msg));
+        }
+        // FULL: a `used` mark lost in a crash would let an approval be replayed.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(ApprovalStoreError::UnsupportedSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        let conn = Mutex::new(conn);
+        Ok(ApprovalStore { conn })
+    }
+
+    /// Stores a new record (normally `Pending`). [`ApprovalStoreError::Duplicate`] if the id
+    /// is taken; [`ApprovalStoreError::InvalidArgument`] for an empty id or an integer beyond
+    /// `i64::MAX`.
+    pub fn insert(&self, r: &ApprovalRecord) -> Result<(), ApprovalStoreError> {
+        if r.id.is_empty() {
+            let msg = "the approval id must not be empty".to_string();
+            return Err(ApprovalStoreError::InvalidArgument(msg));
+        }
+        let b = &r.binding;
+        let auth_req_id = r.auth_req_id.expose();
+        let values: [&dyn ToSql; 15] = [
+            &r.id,
+            &r.route,
+            &b.sub,
+            &b.agent,
+            &b.method,
+            &b.target,
+            &b.body_sha256,
+            &auth_req_id,
+            &r.binding_message,
+            &r.authorization_details,
+            &r.status,
+            &to_i64("interval_secs", r.interval_secs)?,
+            &to_i64("created_at", r.created_at)?,
+            &to_i64("expires_at", r.expires_at)?,
+            &to_i64("updated_at", r.updated_at)?,
+        ];
+        let sql = format!(
+            "INSERT INTO approvals ({COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+             ON CONFLICT (id) DO NOTHING"
+        );
+        if self.lock().execute(&sql, &values[..])? == 0 {
+            return Err(ApprovalStoreError::Duplicate { id: r.id.clone() });
+        }
+        Ok(())
+    }
+
+    /// The record with this id, or `None`.
+    pub fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, ApprovalStoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1");
+        Ok(self.lock().query_row(&sql, [id], read_record).optional()?)
+    }
+
+    /// Compare-and-swap of the status (`from` -> `to`), also setting `updated_at` to `now`, in
+    /// one atomic `UPDATE`; `false` if the stored status is not `from` (or there is no such
+    /// record). Only life-cycle moves are accepted, else
+    /// [`ApprovalStoreError::InvalidTransition`]: `Pending` -> `Approved`, `Denied`,
+    /// `Expired` or `Failed`; `Approved` -> `Used`, `Denied`, `Expired` or `Failed`. (Use
+    /// [`ApprovalStore::consume`] for `Approved` -> `Used`: it checks the binding.)
+    pub fn transition(
+        &self,
+        id: &str,
+        from: ApprovalStatus,
+        to: ApprovalStatus,
+        now: u64,
+    ) -> Result<bool, ApprovalStoreError> {
+        let allowed = !from.is_final()
+            && to != from
+            && to != ApprovalStatus::Pending
+            && !(from == ApprovalStatus::Pending && to == ApprovalStatus::Used);
+        if !allowed {
+            return Err(ApprovalStoreError::InvalidTransition { from, to });
+        }
+        let now = to_i64("now", now)?;
+        let changed = self.lock().execute(
+            "UPDATE approvals SET status = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?2",
+            params![id, from, to, now],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Records a new polling interval (CIBA `slow_down`) for a pending record.
+    /// [`ApprovalStoreError::NotFound`] if there is no such record; a record no longer pending
+    /// is left unchanged (its interval no longer matters).
+    pub fn set_interval(&self, id: &str, interval_secs: u64) -> Result<(), ApprovalStoreError> {
+        let interval = to_i64("interval_secs", interval_secs)?;
+        let found = self.lock().execute(
+            "UPDATE approvals SET interval_secs = \
+             CASE status WHEN 'pending' THEN ?2 ELSE interval_secs END WHERE id = ?1",
+            params![id, interval],
+        )?;
+        match found {
+            0 => Err(ApprovalStoreError::NotFound),
+            _ => Ok(()),
+        }
+    }
+
+    /// Single use: in one `BEGIN IMMEDIATE` transaction, moves an `Approved` record to `Used`
+    /// if its binding equals `binding` and it has not expired (`now < expires_at`); exactly
+    /// one of concurrent callers gets [`Consume::Consumed`]. The binding is checked first,
+    /// whatever the status: a different request gets [`Consume::Mismatch`] and changes nothing.
+    /// A `Pending` or `Approved` record past `expires_at` gives [`Consume::Expired`] and is
+    /// marked `Expired`. Other statuses are reported as they are (`Used` as
+    /// [`Consume::AlreadyUsed`]).
+    pub fn consume(
+        &self,
+        id: &str,
+        binding: &Binding,
+        now: u64,
+    ) -> Result<Consume, ApprovalStoreError> {
+        let now_i = to_i64("now", now)?;
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let sql = format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1");
+        let Some(rec) = tx.query_row(&sql, [id], read_record).optional()? else {
+            return Ok(Consume::NotFound);
+        };
+        if rec.binding != *binding {
+            return Ok(Consume::Mismatch);
+        }
+        let expired = now >= rec.expires_at;
+        let (outcome, next) = match rec.status {
+            ApprovalStatus::Pending | ApprovalStatus::Approved if expired => {
+                (Consume::Expired, Some(ApprovalStatus::Expired))
+            }
+            ApprovalStatus::Approved => (Consume::Consumed, Some(ApprovalStatus::Used)),
+            ApprovalStatus::Pending => (Consume::Pending, None),
+            ApprovalStatus::Denied => (Consume::Denied, None),
+            ApprovalStatus::Expired => (Consume::Expired, None),
+            ApprovalStatus::Failed => (Consume::Failed, None),
+            ApprovalStatus::Used => (Consume::AlreadyUsed, None),
+        };
+        if let Some(next) = next {
+            tx.execute(
+                "UPDATE approvals SET status = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, next, now_i],
+            )?;
+            tx.commit()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Records still `Pending` (to resume polling after a restart), oldest first.
+    pub fn pending(&self) -> Result<Vec<ApprovalRecord>, ApprovalStoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM approvals WHERE status = 'pending' ORDER BY created_at, rowid"
+        ))?;
+        let rows = stmt.query_map([], read_record)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The number of `Pending` records, in total (`None`) or for one `sub` (for limits).
+    pub fn count_pending(&self, sub: Option<&str>) -> Result<u64, ApprovalStoreError> {
+        let count: i64 = self.lock().query_row(
+            "SELECT COUNT(*) FROM approvals WHERE status = 'pending' AND (?1 IS NULL OR sub = ?1)",
+            [sub],
+            |r| r.get(0),
+        )?;
+        Ok(unsigned(0, count)?)
+    }
+
+    /// Deletes the final records (`Denied`, `Expired`, `Failed`, `Used`) whose `updated_at` is
+    /// before `before`; returns how many were deleted.
+    pub fn purge(&self, before: u64) -> Result<usize, ApprovalStoreError> {
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        let sql = "DELETE FROM approvals \
+            WHERE status IN ('denied', 'expired', 'failed', 'used') AND updated_at < ?1";
+        Ok(self.lock().execute(sql, [before])?)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic mid-transaction rolled that transaction back on drop: the connection is sound.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Reads a row selected with [`COLUMNS`].
+fn read_record(r: &Row<'_>) -> rusqlite::Result<ApprovalRecord> {
+    Ok(ApprovalRecord {
+        id: r.get(0)?,
+        route: r.get(1)?,
+        binding: Binding {
+            sub: r.get(2)?,
+            agent: r.get(3)?,
+            method: r.get(4)?,
+            target: r.get(5)?,
+            body_sha256: r.get(6)?,
+        },
+        auth_req_id: Secret::new(r.get(7)?),
+        binding_message: r.get(8)?,
+        authorization_details: r.get(9)?,
+        status: r.get(10)?,
+        interval_secs: unsigned(11, r.get(11)?)?,
+        created_at: unsigned(12, r.get(12)?)?,
+        expires_at: unsigned(13, r.get(13)?)?,
+        updated_at: unsigned(14, r.get(14)?)?,
+    })
+}
+
+/// A stored integer that must not be negative.
+fn unsigned(idx: usize, value: i64) -> rusqlite::Result<u64> {
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, value))
+}
+
+/// A caller's integer as SQLite stores it.
+fn to_i64(name: &str, value: u64) -> Result<i64, ApprovalStoreError> {
+    i64::try_from(value)
+        .map_err(|_| ApprovalStoreError::InvalidArgument(format!("{name} is out of range")))
+}
+
+/// Creates the file with mode 0600 if it is missing; refuses a file (or WAL/SHM companion)
+/// that group or others may access.
+fn create_or_check(path: &Path) -> Result<(), ApprovalStoreError> {
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        ApprovalStoreError::Io(format!("cannot {what} {}: {e}", p.display()))
+    };
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("create", path, e)),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        let meta = match fs::metadata(&file) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == ErrorKind::NotFound && !suffix.is_empty() => continue,
+            Err(e) => return Err(io("inspect", &file, e)),
+        };
+        if !meta.is_file() {
+            let msg = format!("{} is not a regular file", file.display());
+            return Err(ApprovalStoreError::Io(msg));
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(ApprovalStoreError::InsecurePermissions { path: file, mode });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
