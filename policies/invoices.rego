@@ -5,11 +5,16 @@
 #
 # - An agent may only touch invoices of its user's own department (token claim `dept`).
 # - Reading needs the effective scope `invoices:read` (after the role map).
-# - Paying needs `invoices:pay`; amounts over `payment_limit` are denied for now
-#   (they will ask the user for approval once approval holds exist).
+# - Paying needs `invoices:pay`; amounts over `payment_limit` need the user's approval on
+#   their own device (CIBA): the decision carries the binding message both devices show and
+#   the RFC 9396 authorization_details the user approves.
 package invoices
 
 payment_limit := 1000
+
+default currency := "EUR"
+
+currency := input.body.currency if is_string(input.body.currency)
 
 default decision := {"allow": false, "reason": "no rule allows this request"}
 
@@ -44,7 +49,20 @@ decision := {"allow": false, "reason": sprintf("invoices of department '%s' belo
 } else := {"allow": false, "reason": "a payment needs a numeric amount in the JSON body"} if {
 	is_payment
 	not is_number(input.body.amount)
-} else := {"allow": false, "reason": sprintf("payments over %d need the user's approval, which is not available yet", [payment_limit])} if {
+} else := {
+	"allow": true,
+	"reason": sprintf("payments over %d need the user's approval", [payment_limit]),
+	"require_approval": {
+		"binding_message": sprintf("Pay %s %v %s", [segments[2], input.body.amount, currency]),
+		"authorization_details": [{
+			"type": "payment_initiation",
+			"instructedAmount": {"amount": input.body.amount, "currency": currency},
+			"creditorInvoice": segments[2],
+			"department": department,
+		}],
+		"scope": "invoices:pay",
+	},
+} if {
 	is_payment
 	input.body.amount > payment_limit
 } else := {"allow": true, "reason": "payment within the limit"} if {

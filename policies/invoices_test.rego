@@ -36,10 +36,12 @@ test_small_payment_allowed if {
 	d.allow
 }
 
-test_large_payment_denied if {
-	d := invoices.decision with input as {"request": req("POST", "/invoices/finance/INV-1/pay"), "subject": alice, "body": {"amount": 5000}}
-	not d.allow
-	contains(d.reason, "approval")
+test_large_payment_needs_approval if {
+	d := invoices.decision with input as {"request": req("POST", "/invoices/finance/INV-1/pay"), "subject": alice, "body": {"amount": 5000, "currency": "USD"}}
+	d.allow
+	d.require_approval.binding_message == "Pay INV-1 5000 USD"
+	d.require_approval.authorization_details[0].type == "payment_initiation"
+	d.require_approval.authorization_details[0].instructedAmount == {"amount": 5000, "currency": "USD"}
 }
 
 test_payment_without_pay_scope_denied if {

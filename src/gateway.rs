@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::approval::store::ApprovalStore;
+use crate::approval::Approvals;
 use crate::auth::jwks::IssuerKeys;
 use crate::auth::{Source as TokenSource, Verified, Verifier};
 use crate::config::model::{Config, KeySource, RouteSpec};
@@ -26,6 +28,7 @@ pub struct Gateway {
     credential_inputs: Vec<Option<regorus::Value>>,
     pub verifier: Verifier,
     pub credentials: Credentials,
+    pub approvals: Approvals,
     pub metrics: Metrics,
 }
 
@@ -105,6 +108,13 @@ impl Gateway {
             .build()
             .map_err(|e| source.error("clients", format!("cannot build HTTP client: {e}")))?;
         let vault = open_vault(&source, &config, create_vault)?;
+        let approval_store = open_approval_store(&source, &config, create_vault)?;
+        let approvals = Approvals::new(
+            &config,
+            token_http.clone(),
+            approval_store,
+            metrics.approvals.clone(),
+        );
         let credentials = Credentials::new(&config, token_http, metrics.credentials.clone(), vault);
         let credential_inputs = config
             .routes
@@ -124,6 +134,7 @@ impl Gateway {
             })
             .collect();
         Ok(Gateway {
+            approvals,
             credentials,
             credential_inputs,
             config,
@@ -172,6 +183,16 @@ impl Gateway {
         }
     }
 
+    /// The client index of the approval settings of route `name`.
+    pub fn approval_client(&self, name: &str) -> Option<usize> {
+        self.config
+            .routes
+            .iter()
+            .find(|r| &*r.name == name)
+            .and_then(|r| r.approval.as_ref())
+            .map(|a| a.client)
+    }
+
     pub fn route_index(&self, route: &Arc<RouteSpec>) -> usize {
         self.config
             .routes
@@ -179,6 +200,23 @@ impl Gateway {
             .position(|r| Arc::ptr_eq(r, route))
             .unwrap_or(0)
     }
+}
+
+/// Open the approval store (async approvals), creating it unless `create` is false.
+fn open_approval_store(
+    source: &Source,
+    config: &Config,
+    create: bool,
+) -> Result<Option<Arc<ApprovalStore>>, ConfigError> {
+    let Some(path) = &config.approvals.store else {
+        return Ok(None);
+    };
+    if !create && !path.exists() {
+        return Ok(None);
+    }
+    ApprovalStore::open(path)
+        .map(|s| Some(Arc::new(s)))
+        .map_err(|e| source.error("approvals.store", format!("{}: {e}", path.display())))
 }
 
 /// Open the configured vault with keys from the environment or the key file.

@@ -83,6 +83,33 @@ impl CredentialMetrics {
     }
 }
 
+/// Approval holds: pending now, and how they ended.
+#[derive(Clone)]
+pub struct ApprovalMetrics {
+    pending: IntGauge,
+    finished: IntCounterVec,
+}
+
+/// Counts one pending approval while alive.
+pub struct PendingGuard(IntGauge);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl ApprovalMetrics {
+    pub fn pending_guard(&self) -> PendingGuard {
+        self.pending.inc();
+        PendingGuard(self.pending.clone())
+    }
+
+    pub fn finished(&self, mode: &str, outcome: &str) {
+        self.finished.with_label_values(&[mode, outcome]).inc();
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     routes: HashMap<String, RouteMetrics>,
@@ -94,6 +121,7 @@ pub struct Metrics {
     jwks_refresh: IntCounterVec,
     jwks_keys: IntGaugeVec,
     pub credentials: CredentialMetrics,
+    pub approvals: ApprovalMetrics,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -206,7 +234,23 @@ impl Metrics {
                 .expect("metric"),
             ),
         };
+        let approvals = ApprovalMetrics {
+            pending: register(
+                &registry,
+                IntGauge::new(
+                    "portcullis_approvals_pending",
+                    "Approval holds waiting for the user",
+                )
+                .expect("metric"),
+            ),
+            finished: counter_vec(
+                "portcullis_approvals_total",
+                "Approval holds by mode (sync, async, start) and outcome",
+                &["mode", "outcome"],
+            ),
+        };
         Metrics {
+            approvals,
             credentials,
             routes,
             unrouted,

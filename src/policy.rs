@@ -67,6 +67,27 @@ pub enum Refusal {
     CredentialsUnavailable,
     /// The authorization server answered with an error not caused by the caller.
     CredentialsFailed,
+    /// An async approval was started: 202 with its id.
+    ApprovalPending {
+        id: String,
+        retry_after: u64,
+        expires_in: u64,
+    },
+    ApprovalDenied,
+    ApprovalExpired,
+    /// The route's hold time-out passed before the user answered.
+    ApprovalTimeout,
+    /// The approval service could not be reached (or its state could not be kept).
+    ApprovalFailed,
+    /// The approval service refused to ask the user.
+    ApprovalRejected,
+    /// The `Portcullis-Approval` id is unknown, used, or was granted for another request.
+    ApprovalInvalid,
+    TooManyApprovals {
+        per_user: bool,
+    },
+    /// The client went away while its call was held.
+    ClientClosed,
 }
 
 impl Refusal {
@@ -88,6 +109,13 @@ impl Refusal {
             Refusal::ExchangeRejected => 401,
             Refusal::CredentialsUnavailable => 503,
             Refusal::CredentialsFailed => 502,
+            Refusal::ApprovalPending { .. } => 202,
+            Refusal::ApprovalDenied | Refusal::ApprovalExpired | Refusal::ApprovalInvalid => 403,
+            Refusal::ApprovalTimeout => 408,
+            Refusal::ApprovalFailed => 503,
+            Refusal::ApprovalRejected => 502,
+            Refusal::TooManyApprovals { .. } => 429,
+            Refusal::ClientClosed => 499,
         }
     }
 
@@ -110,6 +138,15 @@ impl Refusal {
             Refusal::ExchangeRejected => "invalid_token",
             Refusal::CredentialsUnavailable => "temporarily_unavailable",
             Refusal::CredentialsFailed => "bad_gateway",
+            Refusal::ApprovalPending { .. } => "approval_pending",
+            Refusal::ApprovalDenied => "access_denied",
+            Refusal::ApprovalExpired => "approval_expired",
+            Refusal::ApprovalTimeout => "approval_timeout",
+            Refusal::ApprovalFailed => "temporarily_unavailable",
+            Refusal::ApprovalRejected => "bad_gateway",
+            Refusal::ApprovalInvalid => "approval_invalid",
+            Refusal::TooManyApprovals { .. } => "too_many_approvals",
+            Refusal::ClientClosed => "client_closed",
         }
     }
 
@@ -134,6 +171,15 @@ impl Refusal {
             Refusal::ExchangeRejected => "exchange_rejected",
             Refusal::CredentialsUnavailable => "credentials_unavailable",
             Refusal::CredentialsFailed => "credentials_failed",
+            Refusal::ApprovalPending { .. } => "approval_pending",
+            Refusal::ApprovalDenied => "approval_denied",
+            Refusal::ApprovalExpired => "approval_expired",
+            Refusal::ApprovalTimeout => "approval_timeout",
+            Refusal::ApprovalFailed => "approval_failed",
+            Refusal::ApprovalRejected => "approval_rejected",
+            Refusal::ApprovalInvalid => "approval_invalid",
+            Refusal::TooManyApprovals { .. } => "too_many_approvals",
+            Refusal::ClientClosed => "client_closed",
         }
     }
 
@@ -157,6 +203,15 @@ impl Refusal {
         "exchange_rejected",
         "credentials_unavailable",
         "credentials_failed",
+        "approval_pending",
+        "approval_denied",
+        "approval_expired",
+        "approval_timeout",
+        "approval_failed",
+        "approval_rejected",
+        "approval_invalid",
+        "too_many_approvals",
+        "client_closed",
     ];
 }
 
@@ -202,6 +257,33 @@ impl fmt::Display for Refusal {
             Refusal::CredentialsFailed => {
                 f.write_str("the gateway could not obtain credentials for the upstream")
             }
+            Refusal::ApprovalPending { id, .. } => write!(
+                f,
+                "waiting for the user's approval; re-send this request with Portcullis-Approval: {id}"
+            ),
+            Refusal::ApprovalDenied => f.write_str("the user denied this request"),
+            Refusal::ApprovalExpired => {
+                f.write_str("the approval request expired before the user answered")
+            }
+            Refusal::ApprovalTimeout => {
+                f.write_str("the user did not answer the approval request in time")
+            }
+            Refusal::ApprovalFailed => {
+                f.write_str("the user's approval cannot be obtained right now")
+            }
+            Refusal::ApprovalRejected => {
+                f.write_str("the authorization server refused to ask the user for approval")
+            }
+            Refusal::ApprovalInvalid => f.write_str(
+                "the approval id is unknown, already used, or was granted for another request",
+            ),
+            Refusal::TooManyApprovals { per_user: true } => {
+                f.write_str("too many approvals are pending for this user")
+            }
+            Refusal::TooManyApprovals { per_user: false } => {
+                f.write_str("too many approvals are pending")
+            }
+            Refusal::ClientClosed => f.write_str("the client closed the connection"),
         }
     }
 }

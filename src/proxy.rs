@@ -2,7 +2,9 @@
 //! `Gateway` (pure core) and all refusals are rendered by `respond::Reply`.
 
 pub mod background;
+mod body;
 mod headers;
+mod hold;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,13 +16,14 @@ use pingora::prelude::{HttpPeer, Session};
 use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::approval::STATUS_PREFIX;
 use crate::auth::{Source as TokenSource, Verified};
 use crate::config::model::{RouteLookup, RouteSpec};
 use crate::credentials::cache::UpstreamToken;
 use crate::credentials::header_value;
 use crate::gateway::{bearer, Gateway};
 use crate::policy::input::{RequestInfo, SENSITIVE_HEADERS};
-use crate::policy::{Decision, Refusal};
+use crate::policy::{ApprovalRequest, Decision, Refusal};
 use crate::respond::Reply;
 
 pub struct Proxy {
@@ -34,6 +37,8 @@ pub struct Ctx {
     request_id: String,
     route: Option<Arc<RouteSpec>>,
     verified: Option<Arc<Verified>>,
+    /// The request body, when the gateway had to read it (policy input, approval binding).
+    body: Option<bytes::Bytes>,
     /// Token for the upstream, on routes with `credentials:`.
     upstream_token: Option<Arc<UpstreamToken>>,
     /// Metric label of the decision: "allowed" or a refusal label.
@@ -45,46 +50,6 @@ pub struct Ctx {
 
 fn route_name(ctx: &Ctx) -> &str {
     ctx.route.as_ref().map_or("none", |r| &r.name)
-}
-
-/// Read the body for the policy: at most `limit` bytes, JSON. The bytes stay buffered by
-/// pingora and are forwarded upstream unchanged.
-async fn read_json_body(
-    session: &mut Session,
-    limit: usize,
-) -> Result<Option<serde_json::Value>, Refusal> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(Refusal::BodyTooLarge { limit });
-    }
-    session.enable_retry_buffering();
-    let mut body = Vec::new();
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > limit {
-                    return Err(Refusal::BodyTooLarge { limit });
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => break,
-            Err(_) => return Err(Refusal::BadRequest("the request body could not be read")),
-        }
-    }
-    if session.retry_buffer_truncated() {
-        return Err(Refusal::BodyTooLarge { limit });
-    }
-    if body.is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|_| Refusal::BodyNotJson)
 }
 
 impl Proxy {
@@ -165,8 +130,20 @@ impl Proxy {
         }
         ctx.verified = Some(verified.clone());
         let subject_token = route.credentials.as_ref().map(|_| token.to_string());
-        self.evaluate_policy(session, ctx, g, &route, &verified)
+        let approval = self
+            .evaluate_policy(session, ctx, g, &route, &verified)
             .await?;
+        if let Some(request) = approval {
+            let Some(spec) = &route.approval else {
+                ctx.reason = Some(format!("approval required: {}", request.binding_message));
+                return Err(Refusal::ApprovalUnavailable);
+            };
+            let body = match ctx.body.clone() {
+                Some(b) => b,
+                None => body::read(session, spec.max_body_bytes).await?,
+            };
+            hold::approve(session, g, &route, spec, &verified, &request, &body).await?;
+        }
         if let (Some(spec), Some(subject)) = (&route.credentials, subject_token) {
             let t = g
                 .credentials
@@ -177,7 +154,7 @@ impl Proxy {
         Ok(())
     }
 
-    /// The route's Rego policy, if any.
+    /// The route's Rego policy, if any. `Ok(Some(..))`: allowed once the user approves.
     async fn evaluate_policy(
         &self,
         session: &mut Session,
@@ -185,12 +162,15 @@ impl Proxy {
         g: &Gateway,
         route: &Arc<RouteSpec>,
         verified: &Verified,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<ApprovalRequest>, Refusal> {
         if route.policy.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let body = if route.policy_body {
-            read_json_body(session, route.max_body_bytes).await?
+            let raw = body::read(session, route.max_body_bytes).await?;
+            let json = body::json(&raw)?;
+            ctx.body = Some(raw);
+            json
         } else {
             None
         };
@@ -205,12 +185,9 @@ impl Proxy {
         };
         let index = g.route_index(route);
         match g.decide(index, verified, info) {
-            Ok(Decision::Allow) => Ok(()),
+            Ok(Decision::Allow) => Ok(None),
             Ok(Decision::Deny(r)) => Err(r),
-            Ok(Decision::RequireApproval(a)) => {
-                ctx.reason = Some(format!("approval required: {}", a.binding_message));
-                Err(Refusal::ApprovalUnavailable)
-            }
+            Ok(Decision::RequireApproval(a)) => Ok(Some(a)),
             Err(detail) => {
                 g.metrics.route(&route.name).policy_errors.inc();
                 tracing::warn!(route = %route.name, request_id = %ctx.request_id, error = %detail, "policy evaluation failed; denying");
@@ -233,6 +210,7 @@ impl ProxyHttp for Proxy {
             route: None,
             verified: None,
             upstream_token: None,
+            body: None,
             outcome: "none",
             reason: None,
             authz_micros: 0,
@@ -243,6 +221,16 @@ impl ProxyHttp for Proxy {
         let g = self.state.load_full();
         ctx.gateway = Some(g.clone());
         ctx.request_id = headers::request_id(session.req_header());
+        if session.req_header().uri.path().starts_with(STATUS_PREFIX) {
+            return match hold::status(session, &g).await {
+                Ok(reply) => {
+                    ctx.outcome = "approval_status";
+                    self.write_reply(session, ctx, &reply).await?;
+                    Ok(true)
+                }
+                Err(refusal) => self.refuse(session, ctx, refusal).await,
+            };
+        }
         let start = Instant::now();
         let result = self.authorize(session, ctx, &g).await;
         ctx.authz_micros = start.elapsed().as_micros() as u64;

@@ -46,6 +46,13 @@ impl Reply {
                 })
                 .to_string(),
             ),
+            Refusal::ApprovalPending { id, expires_in, .. } => Bytes::from(
+                serde_json::json!({
+                    "error": r.code(), "error_description": description,
+                    "approval_id": id, "status": "pending", "expires_in": expires_in,
+                })
+                .to_string(),
+            ),
             _ => json_body(r.code(), &description),
         };
         let mut reply = Reply::json(r.status(), body);
@@ -68,10 +75,37 @@ impl Reply {
         if let Some(c) = challenge {
             reply.headers.push(("www-authenticate", c));
         }
-        if let Refusal::KeysUnavailable | Refusal::CredentialsUnavailable = r {
-            reply.headers.push(("retry-after", "5".to_string()));
+        match r {
+            Refusal::KeysUnavailable
+            | Refusal::CredentialsUnavailable
+            | Refusal::ApprovalFailed
+            | Refusal::TooManyApprovals { .. } => {
+                reply.headers.push(("retry-after", "5".to_string()));
+            }
+            Refusal::ApprovalPending {
+                id, retry_after, ..
+            } => {
+                reply.headers.push(("retry-after", retry_after.to_string()));
+                reply.headers.push((
+                    "location",
+                    format!("{}{id}", crate::approval::STATUS_PREFIX),
+                ));
+            }
+            _ => {}
         }
         reply
+    }
+
+    /// `GET /.portcullis/approvals/<id>`: an async approval's status, for its owner.
+    pub fn approval_status(record: &crate::approval::store::ApprovalRecord) -> Reply {
+        let body = serde_json::json!({
+            "approval_id": record.id,
+            "status": record.status.as_str(),
+            "route": record.route,
+            "binding_message": record.binding_message,
+            "expires_at": record.expires_at,
+        });
+        Reply::json(200, Bytes::from(body.to_string()))
     }
 
     /// The response when proxying failed after the request was allowed.

@@ -3,6 +3,8 @@
 #[path = "e2e/support.rs"]
 mod support;
 
+#[path = "e2e/approval.rs"]
+mod approval;
 #[path = "e2e/auth.rs"]
 mod auth;
 #[path = "e2e/cli.rs"]

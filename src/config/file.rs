@@ -24,7 +24,39 @@ pub struct FileConfig {
     #[serde(default)]
     pub clients: Vec<Client>,
     pub vault: Option<Vault>,
+    #[serde(default)]
+    pub approvals: Approvals,
     pub routes: Vec<Route>,
+}
+
+/// Limits and persistence of approval holds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approvals {
+    /// SQLite file for asynchronous approvals (needed when a route uses `mode: async`).
+    pub store: Option<String>,
+    /// Pending approvals at once, in total (default 10000) and per user (default 10).
+    pub max_pending: Option<usize>,
+    pub max_pending_per_user: Option<usize>,
+}
+
+/// Holding a risky call until the user approves it through OpenID CIBA (poll mode).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// Client (in `clients:`) that sends the backchannel request and polls its token endpoint.
+    pub client: String,
+    pub backchannel_endpoint: String,
+    /// `sync` (default: the connection waits) or `async` (202 + `Portcullis-Approval` retry).
+    pub mode: Option<String>,
+    /// `sub` (default: the token's sub) or `iss_sub` (Auth0's JSON login_hint).
+    pub login_hint: Option<String>,
+    /// Scope of the backchannel request; `openid` is always included.
+    pub scope: Option<String>,
+    /// Longest wait for the user (sync hold time-out; async approval lifetime). Default 120.
+    pub max_wait_seconds: Option<u64>,
+    /// Largest body held while waiting (≤ 65536, the default); over it → 413.
+    pub max_body_bytes: Option<usize>,
 }
 
 /// `listen: "127.0.0.1:8080"` or the long form with TLS.
@@ -238,6 +270,8 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// Swap the user's token for an upstream token before forwarding.
     pub credentials: Option<Credentials>,
+    /// How a `require_approval` decision of the policy is carried out.
+    pub approval: Option<Approval>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -25,6 +25,7 @@ pub struct Config {
     pub issuers: Vec<Arc<IssuerSpec>>,
     pub clients: Vec<Arc<ClientSpec>>,
     pub vault: Option<VaultSpec>,
+    pub approvals: ApprovalLimits,
     /// Bearer secret of the admin API's `/vault` endpoints (absent: those endpoints are off).
     pub admin_token: Option<Secret>,
     pub routes: Vec<Arc<RouteSpec>>,
@@ -82,6 +83,41 @@ pub struct ConnectionSpec {
     pub name: Arc<str>,
     /// Index into `Config::clients`.
     pub client: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApprovalLimits {
+    pub store: Option<PathBuf>,
+    pub max_pending: usize,
+    pub max_pending_per_user: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalMode {
+    Sync,
+    Async,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginHint {
+    /// The token's `sub` as is.
+    Sub,
+    /// `{"format":"iss_sub","iss":...,"sub":...}` (Auth0).
+    IssSub,
+}
+
+/// A route's CIBA approval settings.
+#[derive(Debug, Clone)]
+pub struct ApprovalSpec {
+    /// Index into `Config::clients`.
+    pub client: usize,
+    pub backchannel_endpoint: String,
+    pub mode: ApprovalMode,
+    pub login_hint: LoginHint,
+    /// Space-separated, always containing `openid`.
+    pub scope: String,
+    pub max_wait: Duration,
+    pub max_body_bytes: usize,
 }
 
 /// How a route gets the token it sends upstream.
@@ -192,6 +228,7 @@ pub struct RouteSpec {
     pub preserve_host: bool,
     pub timeouts: UpstreamTimeouts,
     pub credentials: Option<CredentialSpec>,
+    pub approval: Option<ApprovalSpec>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -1,5 +1,6 @@
 //! `file::FileConfig` → `model::Config`: every check that can be made without the network.
 
+mod approval;
 mod credentials;
 
 use std::collections::HashSet;
@@ -93,6 +94,7 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
 
     let clients = credentials::clients(src, &base, raw.clients)?;
     let vault = credentials::vault(src, &base, raw.vault, &clients)?;
+    let approvals = approval::limits(src, &base, raw.approvals)?;
 
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut route_names = HashSet::new();
@@ -116,6 +118,7 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
     if routes.is_empty() {
         return Err(src.error("routes", "at least one route is required"));
     }
+    approval::check_routes(src, &routes, &approvals)?;
 
     Ok(Config {
         source: src.file.clone(),
@@ -139,6 +142,7 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
         issuers,
         clients,
         vault,
+        approvals,
         admin_token,
         routes,
     })
@@ -417,6 +421,21 @@ fn route(
         )?),
         None => None,
     };
+    let approval = match r.approval {
+        Some(_) if r.policy.is_none() => {
+            return Err(src.error(
+                &format!("{at}.approval"),
+                "approvals are asked for by the policy (`require_approval`): set `policy:`",
+            ))
+        }
+        Some(a) => Some(approval::approval(
+            src,
+            &format!("{at}.approval"),
+            a,
+            clients,
+        )?),
+        None => None,
+    };
     let ms = |v: Option<u64>| v.map(Duration::from_millis);
     Ok(RouteSpec {
         name: Arc::from(r.name.as_str()),
@@ -438,6 +457,7 @@ fn route(
             idle: ms(r.timeouts.idle_ms),
         },
         credentials,
+        approval,
     })
 }
 

@@ -112,12 +112,24 @@ impl TokenClient {
     /// POST `params` (plus client authentication) to the token endpoint.
     pub async fn request(
         &self,
-        mut params: Vec<(&'static str, String)>,
+        params: Vec<(&'static str, String)>,
     ) -> Result<TokenResponse, OAuthError> {
+        let body = self.call(&self.spec.token_endpoint, params).await?;
+        serde_json::from_slice::<TokenResponse>(&body)
+            .map_err(|_| OAuthError::BadAnswer("not a token response".into()))
+    }
+
+    /// POST `params` (plus client authentication) to `url`: the body of a 2xx answer, or
+    /// the classified error.
+    pub async fn call(
+        &self,
+        url: &str,
+        mut params: Vec<(&'static str, String)>,
+    ) -> Result<bytes::Bytes, OAuthError> {
         let spec = &self.spec;
         let mut req = self
             .http
-            .post(&spec.token_endpoint)
+            .post(url)
             .timeout(spec.timeout)
             .header("accept", "application/json");
         match &spec.auth {
@@ -149,9 +161,7 @@ impl TokenClient {
             .await
             .map_err(|e| OAuthError::Unreachable(e.without_url().to_string()))?;
         if (200..300).contains(&status) {
-            return serde_json::from_slice::<TokenResponse>(&body).map_err(|_| {
-                OAuthError::BadAnswer(format!("HTTP {status}, not a token response"))
-            });
+            return Ok(body);
         }
         if (400..500).contains(&status) {
             if let Ok(e) = serde_json::from_slice::<ErrorBody>(&body) {

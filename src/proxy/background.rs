@@ -1,5 +1,6 @@
 //! Background work on pingora's background runtime: JWKS refresh per issuer (honouring
-//! max-age, backing off on failure) and the token-cache sweep.
+//! max-age, backing off on failure), the token-cache sweep, and resuming pending async
+//! approvals after a restart.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +48,10 @@ impl BackgroundService for Refresher {
             if let KeySource::Uri(_) = spec.keys {
                 tokio::spawn(refresh_issuer(self.state.clone(), i, shutdown.clone()));
             }
+        }
+        let resumed = g.approvals.resume(|route| g.approval_client(route)).await;
+        if resumed > 0 {
+            tracing::info!(resumed, "resumed polling for pending approvals");
         }
         drop(g);
         let mut tick = tokio::time::interval(Duration::from_secs(30));

@@ -124,6 +124,34 @@ impl Op {
                          "scope": "invoices:read invoices:pay", "set": {"dept": "finance"}}))
     }
 
+    /// CIBA requests awaiting the user (`all`: also approved and denied ones).
+    pub fn pending(&self, all: bool) -> Vec<Value> {
+        let url = format!("{}/pending{}", self.url(), if all { "?all" } else { "" });
+        let v: Value = client().get(url).send().unwrap().json().unwrap();
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Wait until a CIBA request is pending and return it.
+    pub fn wait_pending(&self) -> Value {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if let Some(p) = self.pending(false).pop() {
+                return p;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no CIBA request arrived at the OP");
+    }
+
+    /// The user's device answers: `approve` or `deny` the request `id`.
+    pub fn answer(&self, verb: &str, id: &str) {
+        let r = client()
+            .post(format!("{}/{verb}/{id}", self.url()))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{verb} {id}: {}", r.status());
+    }
+
     /// Requests served by the token endpoint so far.
     pub fn token_requests(&self) -> u64 {
         let s: Value = client()

@@ -1,6 +1,7 @@
 // Test OpenID Provider for portcullis integration tests (oidc-provider 9.x).
 // Usage: node op.mjs [port]   (env: PORT, HOST, ISSUER, AUTO_APPROVE_MS, CIBA_INTERVAL,
-//        SLOW_DOWN, DEFAULT_RESOURCE, RESOURCE_SCOPES, RAR_TYPES, ACCESS_TOKEN_TTL)
+//        SLOW_DOWN, SLOW_DOWN_BELOW_MS, DEFAULT_RESOURCE, RESOURCE_SCOPES, RAR_TYPES,
+//        ACCESS_TOKEN_TTL)
 // Test-only hooks: GET /pending, POST /approve/<auth_req_id|latest>, POST /deny/<auth_req_id|latest>,
 //   POST /test/token (mint a user access token, see mintToken), GET /test/stats (request counts)
 // PARENT_PID: exit when that process is gone (tests share one OP per test binary).
@@ -15,7 +16,8 @@ const HOST = env.HOST || '127.0.0.1';
 const ISSUER = env.ISSUER || `http://127.0.0.1:${PORT}`;
 const AUTO_APPROVE_MS = env.AUTO_APPROVE_MS ? Number(env.AUTO_APPROVE_MS) : -1; // <0: manual
 const CIBA_INTERVAL = Number(env.CIBA_INTERVAL || 1); // seconds, added to /backchannel response
-const SLOW_DOWN = env.SLOW_DOWN === '1'; // answer slow_down to polls faster than CIBA_INTERVAL
+const SLOW_DOWN = env.SLOW_DOWN === '1'; // answer slow_down to polls faster than SLOW_DOWN_BELOW_MS
+const SLOW_DOWN_BELOW_MS = Number(env.SLOW_DOWN_BELOW_MS || CIBA_INTERVAL * 1000);
 const DEFAULT_RESOURCE = env.DEFAULT_RESOURCE || 'https://api.portcullis.test';
 const RESOURCE_SCOPES = env.RESOURCE_SCOPES || 'invoices:read invoices:pay admin:delete_all';
 const RAR_TYPES = (env.RAR_TYPES || 'payment_initiation,tool_call').split(',');
@@ -233,7 +235,7 @@ provider.use(async (ctx, next) => {
     const now = Date.now();
     const last = lastPoll.get(id);
     lastPoll.set(id, now);
-    if (last && now - last < CIBA_INTERVAL * 1000) {
+    if (last && now - last < SLOW_DOWN_BELOW_MS) {
       ctx.body = { error: 'slow_down', error_description: 'you are polling too quickly' };
     }
   }

@@ -1,0 +1,130 @@
+//! Validation of approval holds: a route's `approval:` block and the top-level `approvals:`
+//! limits.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::super::file;
+use super::super::model::{
+    ApprovalLimits, ApprovalMode, ApprovalSpec, ClientSpec, LoginHint, RouteSpec,
+};
+use super::super::{ConfigError, Source};
+use super::MAX_POLICY_BODY;
+
+pub fn limits(
+    src: &Source,
+    base: &Path,
+    a: file::Approvals,
+) -> Result<ApprovalLimits, ConfigError> {
+    let positive = |field: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(src.error(field, "must be greater than 0")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    Ok(ApprovalLimits {
+        store: a.store.map(|p| base.join(p)),
+        max_pending: positive("approvals.max_pending", a.max_pending, 10_000)?,
+        max_pending_per_user: positive(
+            "approvals.max_pending_per_user",
+            a.max_pending_per_user,
+            10,
+        )?,
+    })
+}
+
+pub fn approval(
+    src: &Source,
+    at: &str,
+    a: file::Approval,
+    clients: &[Arc<ClientSpec>],
+) -> Result<ApprovalSpec, ConfigError> {
+    let client = clients
+        .iter()
+        .position(|c| *c.name == *a.client)
+        .ok_or_else(|| {
+            src.error(
+                &format!("{at}.client"),
+                format!("unknown client '{}'", a.client),
+            )
+        })?;
+    let url = url::Url::parse(&a.backchannel_endpoint).map_err(|e| {
+        src.error(
+            &format!("{at}.backchannel_endpoint"),
+            format!("invalid URL: {e}"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(src.error(
+            &format!("{at}.backchannel_endpoint"),
+            "must be an http or https URL",
+        ));
+    }
+    let mode = match a.mode.as_deref() {
+        None | Some("sync") => ApprovalMode::Sync,
+        Some("async") => ApprovalMode::Async,
+        Some(other) => {
+            return Err(src.error(
+                &format!("{at}.mode"),
+                format!("'{other}' is not a mode (sync or async)"),
+            ))
+        }
+    };
+    let login_hint = match a.login_hint.as_deref() {
+        None | Some("sub") => LoginHint::Sub,
+        Some("iss_sub") => LoginHint::IssSub,
+        Some(other) => {
+            return Err(src.error(
+                &format!("{at}.login_hint"),
+                format!("'{other}' is not a login_hint format (sub or iss_sub)"),
+            ))
+        }
+    };
+    let mut scope: Vec<String> = vec!["openid".into()];
+    for s in a.scope.as_deref().unwrap_or("").split_whitespace() {
+        if !scope.iter().any(|x| x == s) {
+            scope.push(s.to_string());
+        }
+    }
+    let max_wait = a.max_wait_seconds.unwrap_or(120);
+    if max_wait == 0 || max_wait > 3600 {
+        return Err(src.error(
+            &format!("{at}.max_wait_seconds"),
+            "must be between 1 and 3600",
+        ));
+    }
+    let max_body_bytes = a.max_body_bytes.unwrap_or(MAX_POLICY_BODY);
+    if max_body_bytes == 0 || max_body_bytes > MAX_POLICY_BODY {
+        return Err(src.error(
+            &format!("{at}.max_body_bytes"),
+            format!("must be between 1 and {MAX_POLICY_BODY}"),
+        ));
+    }
+    Ok(ApprovalSpec {
+        client,
+        backchannel_endpoint: a.backchannel_endpoint,
+        mode,
+        login_hint,
+        scope: scope.join(" "),
+        max_wait: Duration::from_secs(max_wait),
+        max_body_bytes,
+    })
+}
+
+/// Cross-route checks: an async route needs `approvals.store`.
+pub fn check_routes(
+    src: &Source,
+    routes: &[Arc<RouteSpec>],
+    limits: &ApprovalLimits,
+) -> Result<(), ConfigError> {
+    for (i, r) in routes.iter().enumerate() {
+        let Some(a) = &r.approval else { continue };
+        if a.mode == ApprovalMode::Async && limits.store.is_none() {
+            return Err(src.error(
+                &format!("routes[{i}].approval.mode"),
+                "async approvals survive restarts in `approvals.store`: set it",
+            ));
+        }
+    }
+    Ok(())
+}

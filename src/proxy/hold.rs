@@ -1,0 +1,110 @@
+//! pingora glue of approval holds: bind the request, then wait for the user (sync: the
+//! connection stays open, a client disconnect stops the polling) or answer 202 / redeem an
+//! approval id (async). Decisions live in `crate::approval`.
+
+use pingora::prelude::Session;
+
+use crate::approval::store::Binding;
+use crate::approval::{Redeemed, APPROVAL_HEADER, STATUS_PREFIX};
+use crate::auth::Verified;
+use crate::config::model::{ApprovalMode, ApprovalSpec, RouteSpec};
+use crate::gateway::{bearer, Gateway};
+use crate::policy::{ApprovalRequest, Refusal};
+use crate::respond::Reply;
+
+/// `GET /.portcullis/approvals/<id>`: the status of an async approval, shown only to a
+/// caller whose token the approval's route accepts and whose `sub` owns it.
+pub async fn status(session: &Session, g: &Gateway) -> Result<Reply, Refusal> {
+    let req = session.req_header();
+    let id = req.uri.path().strip_prefix(STATUS_PREFIX).unwrap_or("");
+    let token = bearer(
+        req.headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    )?;
+    let record = g.approvals.record(id).await.ok_or(Refusal::NoRoute)?;
+    let route = g
+        .config
+        .routes
+        .iter()
+        .find(|r| *r.name == *record.route)
+        .ok_or(Refusal::NoRoute)?;
+    let (verified, _) = g.authenticate(route, token).await?;
+    if verified.identity.sub != record.binding.sub {
+        return Err(Refusal::NoRoute);
+    }
+    Ok(Reply::approval_status(&record))
+}
+
+/// Method, path and query, body hash, user and agent: what an approval is for.
+pub fn binding(session: &Session, verified: &Verified, body: &[u8]) -> Binding {
+    let req = session.req_header();
+    let target = match req.uri.query() {
+        Some(q) => format!("{}?{q}", req.uri.path()),
+        None => req.uri.path().to_string(),
+    };
+    Binding {
+        sub: verified.identity.sub.clone(),
+        agent: verified.identity.agent.clone(),
+        method: req.method.as_str().to_string(),
+        target,
+        body_sha256: Binding::body_hash(body),
+    }
+}
+
+/// Carry out a `require_approval` decision. `Ok` = forward.
+pub async fn approve(
+    session: &mut Session,
+    g: &Gateway,
+    route: &RouteSpec,
+    spec: &ApprovalSpec,
+    verified: &Verified,
+    request: &ApprovalRequest,
+    body: &[u8],
+) -> Result<(), Refusal> {
+    let who = &verified.identity;
+    let iss = who
+        .claims
+        .get("iss")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    match spec.mode {
+        ApprovalMode::Sync => {
+            let mut held = g.approvals.start_sync(spec, who, iss, request).await?;
+            let outcome = tokio::select! {
+                o = held.wait(spec.max_wait) => o,
+                _ = session.read_body_or_idle(true) => {
+                    tracing::info!(route = %route.name, "client closed the connection during an approval hold; polling stopped");
+                    return Err(Refusal::ClientClosed);
+                }
+            };
+            outcome.refusal().map_or(Ok(()), Err)
+        }
+        ApprovalMode::Async => {
+            let binding = binding(session, verified, body);
+            let presented = session
+                .req_header()
+                .headers
+                .get(APPROVAL_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let accepted = match presented {
+                Some(id) => match g.approvals.redeem(&id, binding).await? {
+                    Redeemed::Forward => return Ok(()),
+                    Redeemed::StillPending(a) => a,
+                },
+                None => {
+                    g.approvals
+                        .start_async(spec, &route.name, who, iss, request, binding)
+                        .await?
+                }
+            };
+            Err(Refusal::ApprovalPending {
+                id: accepted.id,
+                retry_after: accepted.retry_after,
+                expires_in: accepted.expires_in,
+            })
+        }
+    }
+}
