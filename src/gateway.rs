@@ -55,6 +55,16 @@ pub fn bearer<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Result<&'a str,
     Ok(token)
 }
 
+/// The bearer token of a request's `Authorization` header(s).
+pub fn bearer_of(headers: &http::HeaderMap) -> Result<&str, Refusal> {
+    bearer(
+        headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    )
+}
+
 impl Gateway {
     /// Load and validate `path`, compile its policies, load file-based keys and open (or
     /// create) the vault. Nothing is fetched from the network.

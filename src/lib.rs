@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod gateway;
 pub mod metrics;
 pub mod policy;
+pub mod private_file;
 pub mod proxy;
 pub mod respond;
 pub mod roles;

@@ -21,7 +21,7 @@ use crate::auth::{Source as TokenSource, Verified};
 use crate::config::model::{RouteLookup, RouteSpec};
 use crate::credentials::cache::UpstreamToken;
 use crate::credentials::header_value;
-use crate::gateway::{bearer, Gateway};
+use crate::gateway::{bearer_of, Gateway};
 use crate::policy::input::{RequestInfo, SENSITIVE_HEADERS};
 use crate::policy::{ApprovalRequest, Decision, Refusal};
 use crate::respond::Reply;
@@ -115,12 +115,7 @@ impl Proxy {
         if route.auth.is_none() {
             return Ok(()); // `public: true`
         }
-        let token = bearer(
-            req.headers
-                .get_all(http::header::AUTHORIZATION)
-                .iter()
-                .map(|v| v.as_bytes()),
-        )?;
+        let token = bearer_of(&req.headers)?;
         let (verified, source) = g.authenticate(&route, token).await.inspect_err(|_| {
             g.metrics.token_cache_misses.inc();
         })?;

@@ -7,9 +7,6 @@
 //! (it is useless without the gateway's client credentials); the file is created with mode 0600,
 //! a file that group or others may access is refused, and deleted rows are overwritten.
 
-use std::fs::{self, OpenOptions};
-use std::io::ErrorKind;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -20,6 +17,7 @@ use base64::Engine;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, ToSql, TransactionBehavior};
 
+use crate::private_file::{self, PrivateFileError};
 use crate::secret::Secret;
 
 /// Written to `PRAGMA user_version`; a file with a higher version is refused.
@@ -493,41 +491,14 @@ fn to_i64(name: &str, value: u64) -> Result<i64, ApprovalStoreError> {
         .map_err(|_| ApprovalStoreError::InvalidArgument(format!("{name} is out of range")))
 }
 
-/// Creates the file with mode 0600 if it is missing; refuses a file (or WAL/SHM companion)
-/// that group or others may access.
+/// Creates the file 0600 if it is missing; refuses one that group or others may access.
 fn create_or_check(path: &Path) -> Result<(), ApprovalStoreError> {
-    let io = |what: &str, p: &Path, e: std::io::Error| {
-        ApprovalStoreError::Io(format!("cannot {what} {}: {e}", p.display()))
-    };
-    match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io("create", path, e)),
-    }
-    for suffix in ["", "-wal", "-shm"] {
-        let mut name = path.as_os_str().to_owned();
-        name.push(suffix);
-        let file = PathBuf::from(name);
-        let meta = match fs::metadata(&file) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == ErrorKind::NotFound && !suffix.is_empty() => continue,
-            Err(e) => return Err(io("inspect", &file, e)),
-        };
-        if !meta.is_file() {
-            let msg = format!("{} is not a regular file", file.display());
-            return Err(ApprovalStoreError::Io(msg));
+    private_file::create_or_check(path).map_err(|e| match e {
+        PrivateFileError::Io(m) => ApprovalStoreError::Io(m),
+        PrivateFileError::Insecure { path, mode } => {
+            ApprovalStoreError::InsecurePermissions { path, mode }
         }
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(ApprovalStoreError::InsecurePermissions { path: file, mode });
-        }
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

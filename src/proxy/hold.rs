@@ -8,7 +8,7 @@ use crate::approval::store::Binding;
 use crate::approval::{Redeemed, APPROVAL_HEADER, STATUS_PREFIX};
 use crate::auth::Verified;
 use crate::config::model::{ApprovalMode, ApprovalSpec, RouteSpec};
-use crate::gateway::{bearer, Gateway};
+use crate::gateway::{bearer_of, Gateway};
 use crate::policy::{ApprovalRequest, Refusal};
 use crate::respond::Reply;
 
@@ -17,12 +17,7 @@ use crate::respond::Reply;
 pub async fn status(session: &Session, g: &Gateway) -> Result<Reply, Refusal> {
     let req = session.req_header();
     let id = req.uri.path().strip_prefix(STATUS_PREFIX).unwrap_or("");
-    let token = bearer(
-        req.headers
-            .get_all(http::header::AUTHORIZATION)
-            .iter()
-            .map(|v| v.as_bytes()),
-    )?;
+    let token = bearer_of(&req.headers)?;
     let record = g.approvals.record(id).await.ok_or(Refusal::NoRoute)?;
     let route = g
         .config

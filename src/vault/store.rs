@@ -5,10 +5,7 @@
 //! revoked pair, so versions never repeat and a stale [`VaultStore::replace_if`] cannot
 //! overwrite a credential stored again after a revocation).
 
-use std::fs::{self, OpenOptions};
-use std::io::ErrorKind;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::OpenFailure;
 use super::{Secret, VaultError, VaultKeys};
+use crate::private_file::{self, PrivateFileError};
 
 /// Written to `PRAGMA user_version`; a file with a higher version is refused.
 const SCHEMA_VERSION: i64 = 1;
@@ -425,43 +423,12 @@ fn now() -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
-/// Creates the file with mode 0600 if it is missing; refuses a file (or WAL/SHM companion)
-/// that group or others may access.
+/// Creates the file 0600 if it is missing; refuses one that group or others may access.
 fn create_or_check(path: &Path) -> Result<(), VaultError> {
-    let io = |what: &str, p: &Path, e: std::io::Error| {
-        VaultError::Io(format!("cannot {what} {}: {e}", p.display()))
-    };
-    match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io("create", path, e)),
-    }
-    for suffix in ["", "-wal", "-shm"] {
-        let mut name = path.as_os_str().to_owned();
-        name.push(suffix);
-        let file = PathBuf::from(name);
-        let meta = match fs::metadata(&file) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == ErrorKind::NotFound && !suffix.is_empty() => continue,
-            Err(e) => return Err(io("inspect", &file, e)),
-        };
-        if !meta.is_file() {
-            return Err(VaultError::Io(format!(
-                "{} is not a regular file",
-                file.display()
-            )));
-        }
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(VaultError::InsecurePermissions { path: file, mode });
-        }
-    }
-    Ok(())
+    private_file::create_or_check(path).map_err(|e| match e {
+        PrivateFileError::Io(m) => VaultError::Io(m),
+        PrivateFileError::Insecure { path, mode } => VaultError::InsecurePermissions { path, mode },
+    })
 }
 
 /// Checks every configured key that has a check row, and that every key id used by a

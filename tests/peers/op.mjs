@@ -1,13 +1,15 @@
 // Test OpenID Provider for portcullis integration tests (oidc-provider 9.x).
 // Usage: node op.mjs [port]   (env: PORT, HOST, ISSUER, AUTO_APPROVE_MS, CIBA_INTERVAL,
 //        SLOW_DOWN, SLOW_DOWN_BELOW_MS, DEFAULT_RESOURCE, RESOURCE_SCOPES, RAR_TYPES,
-//        ACCESS_TOKEN_TTL)
+//        ACCESS_TOKEN_TTL, OP_STORE_SIZE)
 // Test-only hooks: GET /pending, POST /approve/<auth_req_id|latest>, POST /deny/<auth_req_id|latest>,
 //   POST /test/token (mint a user access token, see mintToken), GET /test/stats (request counts)
 // PARENT_PID: exit when that process is gone (tests share one OP per test binary).
 import http from 'node:http';
 import crypto from 'node:crypto';
 import Provider, { errors } from 'oidc-provider';
+import MemoryAdapter from 'oidc-provider/lib/adapters/memory_adapter.js';
+import LRU from 'oidc-provider/lib/helpers/lru.js';
 import * as jose from 'jose';
 
 const env = process.env;
@@ -70,7 +72,13 @@ const pending = new Map(); // auth_req_id -> what the approving human would see
 const customClaims = new Map(); // gty marker -> { set, unset } applied by the jwt customizer
 const stats = { jwks: 0, token: 0 }; // requests served, for tests that count fetches
 
+// The library's dev adapter keeps 1000 records (LRU); load tests holding thousands of pending
+// CIBA requests raise it with OP_STORE_SIZE.
+const storeSize = Number(env.OP_STORE_SIZE || 0);
+const bigStore = storeSize > 0 ? new LRU({ maxSize: storeSize }) : undefined;
+
 const provider = new Provider(ISSUER, {
+  ...(bigStore && { adapter: (model) => new MemoryAdapter(model, bigStore, 15) }),
   clients: [client('agent-1'), client('agent-2'), client('portcullis')],
   jwks: { keys },
   findAccount: async (ctx, sub) => USERS[sub] && {

@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Load harness: many concurrent approval holds, and their cost to other traffic.
+
+Starts the test OpenID Provider (manual approval, 30 s CIBA interval), a small upstream and
+the gateway (release build) on loopback, then:
+  1. measures RSS and the latency of plain authorised requests (JWT + Rego) at rest;
+  2. starts N approval holds and waits until the gateway reports N pending:
+     sync: N held connections (one CIBA request each);
+     async: N requests answered 202 (their connections closed), N pollers left;
+  3. measures RSS and the same latency again while they are pending;
+  4. sync: closes every held connection (client disconnect) and checks the holds are released.
+Bounded, loopback only, stops by itself.
+Usage: benches/load/approvals.py [N] [sync|async]
+"""
+import asyncio
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
+MODE = sys.argv[2] if len(sys.argv) > 2 else "sync"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None, headers=None, timeout=30):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def wait(url, secs=60):
+    end = time.time() + secs
+    while time.time() < end:
+        try:
+            http("GET", url, timeout=2)
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} not ready")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def metric(admin, name):
+    _, text = http("GET", f"{admin}/metrics")
+    for line in text.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def latencies(gw, token, n=500):
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        status, _ = http("GET", f"{gw}/invoices/finance/INV-{i}", headers={"Authorization": f"Bearer {token}"})
+        out.append((time.perf_counter() - t) * 1e6)
+        assert status == 200, status
+    out.sort()
+    return {"p50_us": round(out[len(out) // 2]), "p99_us": round(out[int(len(out) * 0.99)]), "n": n}
+
+
+async def hold(port, token, body, opened):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write((f"POST /invoices/finance/INV-7/pay HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                  f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n{body}").encode())
+    await writer.drain()
+    if MODE == "async":
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 202"), head[:40]
+        writer.close()
+        return
+    opened.append(writer)
+
+
+async def open_holds(port, token, n):
+    body = json.dumps({"amount": 5000, "currency": "EUR"})
+    opened = []
+    sem = asyncio.Semaphore(32)
+
+    async def one():
+        async with sem:
+            await hold(port, token, body, opened)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return opened
+
+
+def main():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "portcullis"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="portcullis-load-")
+    procs = []
+    try:
+        op_port, up_port, gw_port, admin_port = (free_port() for _ in range(4))
+        op = f"http://127.0.0.1:{op_port}"
+        env = dict(os.environ, CIBA_INTERVAL="30", OP_STORE_SIZE=str(N * 4 + 1000), PARENT_PID=str(os.getpid()))
+        procs.append(subprocess.Popen(["node", "op.mjs", str(op_port)], cwd=os.path.join(ROOT, "tests/peers"),
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts/demo_upstream.py"), str(up_port)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait(f"{op}/jwks")
+        cfg = f"""version: 1
+listen: "127.0.0.1:{gw_port}"
+admin: {{ listen: "127.0.0.1:{admin_port}" }}
+server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1 }}
+policies: {{ dir: "{ROOT}/policies" }}
+approvals: {{ store: {work}/approvals.db, max_pending: {N * 2}, max_pending_per_user: {N * 2} }}
+issuers:
+  - name: corp
+    issuer: "{op}"
+    jwks_uri: "{op}/jwks"
+    audiences: ["https://api.portcullis.test"]
+clients:
+  - {{ name: gw, token_endpoint: "{op}/token", client_id: portcullis, client_secret_env: LOAD_SECRET }}
+routes:
+  - name: invoices
+    match: {{ path_prefix: /invoices }}
+    upstream: "http://127.0.0.1:{up_port}"
+    auth: {{ issuer: corp, require_scopes: ["invoices:read"] }}
+    policy: invoices
+    policy_body: true
+    approval: {{ client: gw, backchannel_endpoint: "{op}/backchannel", max_wait_seconds: 600, mode: {MODE} }}
+"""
+        path = os.path.join(work, "load.yaml")
+        with open(path, "w") as f:
+            f.write(cfg)
+        gw_env = dict(os.environ, LOAD_SECRET="portcullis-secret", PORTCULLIS_LOG="warn")
+        gw = subprocess.Popen([os.path.join(ROOT, "target/release/portcullis"), "run", "--config", path],
+                              env=gw_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(gw)
+        admin = f"http://127.0.0.1:{admin_port}"
+        wait(f"{admin}/readyz")
+        body = json.dumps({"sub": "alice", "scope": "invoices:read invoices:pay", "set": {"dept": "finance"}})
+        _, tok = http("POST", f"{op}/test/token", body.encode(), {"content-type": "application/json"})
+        token = json.loads(tok)["access_token"]
+        base = f"http://127.0.0.1:{gw_port}"
+        latencies(base, token, 200)  # warm-up
+        before = {"rss_kib": rss_kib(gw.pid), **latencies(base, token)}
+
+        started = time.time()
+        loop = asyncio.new_event_loop()
+        opened = loop.run_until_complete(open_holds(gw_port, token, N))
+        while metric(admin, "portcullis_approvals_pending") < N and time.time() - started < 300:
+            time.sleep(1)
+        pending = metric(admin, "portcullis_approvals_pending")
+        during = {"pending": int(pending), "rss_kib": rss_kib(gw.pid), **latencies(base, token),
+                  "seconds_to_open": round(time.time() - started, 1)}
+        for w in opened:
+            w.close()
+        loop.run_until_complete(asyncio.sleep(1))
+        end = time.time()
+        while metric(admin, "portcullis_approvals_pending") > 0 and time.time() - end < 60:
+            time.sleep(0.5)
+        after = {"pending": int(metric(admin, "portcullis_approvals_pending")), "rss_kib": rss_kib(gw.pid)}
+        result = {
+            "mode": MODE,
+            "holds": N,
+            "before": before,
+            "during": during,
+            "after_disconnect": after,
+            "extra_rss_mib": round((during["rss_kib"] - before["rss_kib"]) / 1024, 1),
+            "extra_rss_per_hold_kib": round((during["rss_kib"] - before["rss_kib"]) / max(N, 1), 2),
+        }
+        print(json.dumps(result, indent=2))
+    finally:
+        for p in procs:
+            p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
