@@ -122,6 +122,7 @@ fn request() -> RequestInfo<'static> {
         host: "api.bench.test",
         headers: vec![("accept", "application/json")],
         body: None,
+        mcp: None,
     }
 }
 

@@ -203,6 +203,14 @@ impl Gateway {
             .map(|a| a.client)
     }
 
+    pub fn route_index_by_name(&self, name: &str) -> usize {
+        self.config
+            .routes
+            .iter()
+            .position(|r| *r.name == *name)
+            .unwrap_or(0)
+    }
+
     pub fn route_index(&self, route: &Arc<RouteSpec>) -> usize {
         self.config
             .routes

@@ -122,7 +122,13 @@ pub struct Metrics {
     jwks_keys: IntGaugeVec,
     pub credentials: CredentialMetrics,
     pub approvals: ApprovalMetrics,
+    mcp_requests: IntCounterVec,
+    /// Tool names already used as label values (bounded, against label explosion).
+    mcp_tools: dashmap::DashSet<String>,
 }
+
+/// Distinct tool label values kept; further tools are counted as `other`.
+const MCP_TOOL_LABELS: usize = 256;
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
     // Names are fixed and distinct, so registration cannot collide.
@@ -249,7 +255,14 @@ impl Metrics {
                 &["mode", "outcome"],
             ),
         };
+        let mcp_requests = counter_vec(
+            "portcullis_mcp_requests_total",
+            "MCP JSON-RPC messages by route, method, tool and decision",
+            &["route", "method", "tool", "decision"],
+        );
         Metrics {
+            mcp_requests,
+            mcp_tools: dashmap::DashSet::new(),
             approvals,
             credentials,
             routes,
@@ -279,6 +292,35 @@ impl Metrics {
             ),
             registry,
         }
+    }
+
+    /// Count an MCP message and the policy's answer (allow, deny, approval).
+    pub fn mcp(&self, route: &str, m: &crate::mcp::Message, decision: &str) {
+        let method = match m.method.as_deref() {
+            None => "response",
+            Some(
+                x @ ("initialize" | "ping" | "tools/list" | "tools/call" | "resources/list"
+                | "resources/read" | "prompts/list" | "prompts/get" | "server/discover"),
+            ) => x,
+            Some(x) if x.starts_with("notifications/") => "notification",
+            Some(_) => "other",
+        };
+        let tool = match m.tool() {
+            None => "",
+            Some(t)
+                if t.len() <= 64
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+                    && (self.mcp_tools.contains(t) || self.mcp_tools.len() < MCP_TOOL_LABELS) =>
+            {
+                self.mcp_tools.insert(t.to_string());
+                t
+            }
+            Some(_) => "other",
+        };
+        self.mcp_requests
+            .with_label_values(&[route, method, tool, decision])
+            .inc();
     }
 
     pub fn route(&self, name: &str) -> &RouteMetrics {

@@ -88,6 +88,13 @@ pub enum Refusal {
     },
     /// The client went away while its call was held.
     ClientClosed,
+    /// An MCP request answered in JSON-RPC: `body` is the whole response (object or batch).
+    JsonRpc {
+        status: u16,
+        label: &'static str,
+        reason: String,
+        body: serde_json::Value,
+    },
 }
 
 impl Refusal {
@@ -116,6 +123,7 @@ impl Refusal {
             Refusal::ApprovalRejected => 502,
             Refusal::TooManyApprovals { .. } => 429,
             Refusal::ClientClosed => 499,
+            Refusal::JsonRpc { status, .. } => *status,
         }
     }
 
@@ -147,7 +155,27 @@ impl Refusal {
             Refusal::ApprovalInvalid => "approval_invalid",
             Refusal::TooManyApprovals { .. } => "too_many_approvals",
             Refusal::ClientClosed => "client_closed",
+            Refusal::JsonRpc { .. } => "jsonrpc_error",
         }
+    }
+
+    /// Whether, on an MCP route, this refusal is answered as a JSON-RPC error (HTTP 200) so
+    /// the agent can show why; authentication failures stay HTTP errors.
+    pub fn jsonrpc_eligible(&self) -> bool {
+        matches!(
+            self,
+            Refusal::PolicyDenied { .. }
+                | Refusal::PolicyError
+                | Refusal::ApprovalUnavailable
+                | Refusal::ApprovalPending { .. }
+                | Refusal::ApprovalDenied
+                | Refusal::ApprovalExpired
+                | Refusal::ApprovalTimeout
+                | Refusal::ApprovalFailed
+                | Refusal::ApprovalRejected
+                | Refusal::ApprovalInvalid
+                | Refusal::TooManyApprovals { .. }
+        )
     }
 
     /// Stable, low-cardinality label for metrics and logs.
@@ -180,6 +208,7 @@ impl Refusal {
             Refusal::ApprovalInvalid => "approval_invalid",
             Refusal::TooManyApprovals { .. } => "too_many_approvals",
             Refusal::ClientClosed => "client_closed",
+            Refusal::JsonRpc { label, .. } => label,
         }
     }
 
@@ -212,6 +241,9 @@ impl Refusal {
         "approval_invalid",
         "too_many_approvals",
         "client_closed",
+        "jsonrpc_invalid",
+        "mcp_header_mismatch",
+        "mcp_denied",
     ];
 }
 
@@ -284,6 +316,7 @@ impl fmt::Display for Refusal {
                 f.write_str("too many approvals are pending")
             }
             Refusal::ClientClosed => f.write_str("the client closed the connection"),
+            Refusal::JsonRpc { reason, .. } => f.write_str(reason),
         }
     }
 }

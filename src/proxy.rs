@@ -5,6 +5,7 @@ pub mod background;
 mod body;
 mod headers;
 mod hold;
+mod mcp;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +19,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::approval::STATUS_PREFIX;
 use crate::auth::{Source as TokenSource, Verified};
+use crate::claims::TokenError;
 use crate::config::model::{RouteLookup, RouteSpec};
 use crate::credentials::cache::UpstreamToken;
 use crate::credentials::header_value;
@@ -39,6 +41,10 @@ pub struct Ctx {
     verified: Option<Arc<Verified>>,
     /// The request body, when the gateway had to read it (policy input, approval binding).
     body: Option<bytes::Bytes>,
+    /// On MCP routes: the id of the single JSON-RPC request (refusals answer it in JSON-RPC).
+    rpc_id: Option<Option<serde_json::Value>>,
+    /// On MCP routes: the tools/list rewrite.
+    tools: mcp::ToolFilter,
     /// Token for the upstream, on routes with `credentials:`.
     upstream_token: Option<Arc<UpstreamToken>>,
     /// Metric label of the decision: "allowed" or a refusal label.
@@ -50,6 +56,27 @@ pub struct Ctx {
 
 fn route_name(ctx: &Ctx) -> &str {
     ctx.route.as_ref().map_or("none", |r| &r.name)
+}
+
+/// Whether the token's `aud` (string or array) names `resource`.
+fn audience_names(claims: &serde_json::Map<String, serde_json::Value>, resource: &str) -> bool {
+    match claims.get("aud") {
+        Some(serde_json::Value::String(a)) => a == resource,
+        Some(serde_json::Value::Array(v)) => v.iter().any(|a| a.as_str() == Some(resource)),
+        _ => false,
+    }
+}
+
+/// RFC 9728: `/.well-known/oauth-protected-resource[/<path>]` of an MCP route.
+fn protected_resource_metadata(g: &Gateway, path: &str) -> Option<Reply> {
+    const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
+    let rest = path.strip_prefix(WELL_KNOWN)?;
+    let mut mcp_routes = g.config.routes.iter().filter_map(|r| r.mcp.as_ref());
+    let found = match rest {
+        "" | "/" => mcp_routes.next(),
+        suffix => mcp_routes.find(|m| m.resource_path == suffix.trim_end_matches('/')),
+    };
+    found.map(Reply::resource_metadata)
 }
 
 impl Proxy {
@@ -86,8 +113,14 @@ impl Proxy {
                 c.inc();
             }
         }
-        self.write_reply(session, ctx, &Reply::refusal(&refusal))
-            .await?;
+        let mut reply = match &ctx.rpc_id {
+            Some(id) if refusal.jsonrpc_eligible() => Reply::jsonrpc_refusal(&refusal, id.as_ref()),
+            _ => Reply::refusal(&refusal),
+        };
+        if let Some(m) = ctx.route.as_ref().and_then(|r| r.mcp.as_ref()) {
+            reply = reply.with_resource_metadata(&m.metadata_url());
+        }
+        self.write_reply(session, ctx, &reply).await?;
         Ok(true)
     }
 
@@ -125,9 +158,23 @@ impl Proxy {
         }
         ctx.verified = Some(verified.clone());
         let subject_token = route.credentials.as_ref().map(|_| token.to_string());
-        let approval = self
-            .evaluate_policy(session, ctx, g, &route, &verified)
-            .await?;
+        let approval = match &route.mcp {
+            Some(m) => {
+                // RFC 8707: the token must have been issued for this MCP server.
+                if !audience_names(&verified.identity.claims, &m.resource) {
+                    return Err(Refusal::InvalidToken(TokenError::WrongAudience));
+                }
+                if session.req_header().method == http::Method::POST {
+                    mcp::authorize(session, ctx, g, &route, &verified).await?
+                } else {
+                    None // GET (SSE stream) and DELETE (end of session): authenticated only
+                }
+            }
+            None => {
+                self.evaluate_policy(session, ctx, g, &route, &verified)
+                    .await?
+            }
+        };
         if let Some(request) = approval {
             let Some(spec) = &route.approval else {
                 ctx.reason = Some(format!("approval required: {}", request.binding_message));
@@ -177,6 +224,7 @@ impl Proxy {
             host: headers::host(req),
             headers: headers::for_policy(req, route.policy_headers.as_deref(), SENSITIVE_HEADERS),
             body,
+            mcp: None,
         };
         let index = g.route_index(route);
         match g.decide(index, verified, info) {
@@ -205,6 +253,8 @@ impl ProxyHttp for Proxy {
             route: None,
             verified: None,
             upstream_token: None,
+            rpc_id: None,
+            tools: mcp::ToolFilter::default(),
             body: None,
             outcome: "none",
             reason: None,
@@ -216,6 +266,11 @@ impl ProxyHttp for Proxy {
         let g = self.state.load_full();
         ctx.gateway = Some(g.clone());
         ctx.request_id = headers::request_id(session.req_header());
+        if let Some(reply) = protected_resource_metadata(&g, session.req_header().uri.path()) {
+            ctx.outcome = "resource_metadata";
+            self.write_reply(session, ctx, &reply).await?;
+            return Ok(true);
+        }
         if session.req_header().uri.path().starts_with(STATUS_PREFIX) {
             return match hold::status(session, &g).await {
                 Ok(reply) => {
@@ -319,7 +374,39 @@ impl ProxyHttp for Proxy {
             resp.remove_header(&name);
         }
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if ctx.tools.wanted && resp.status.is_success() {
+            let ct = resp
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            ctx.tools.mode = if ct.starts_with("application/json") {
+                Some(mcp::ListMode::Json)
+            } else if ct.starts_with("text/event-stream") {
+                Some(mcp::ListMode::Sse)
+            } else {
+                None
+            };
+            if ctx.tools.mode.is_some() {
+                // The body changes length: stream it chunked.
+                resp.remove_header("content-length");
+                resp.remove_header("transfer-encoding");
+            }
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.tools.mode.is_some() {
+            mcp::filter_body(session, ctx, body, end_of_stream);
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -53,6 +53,7 @@ impl Reply {
                 })
                 .to_string(),
             ),
+            Refusal::JsonRpc { body, .. } => Bytes::from(body.to_string()),
             _ => json_body(r.code(), &description),
         };
         let mut reply = Reply::json(r.status(), body);
@@ -94,6 +95,47 @@ impl Reply {
             _ => {}
         }
         reply
+    }
+
+    /// A refusal on an MCP route, as a JSON-RPC error for request `id` (HTTP 200).
+    pub fn jsonrpc_refusal(r: &Refusal, id: Option<&serde_json::Value>) -> Reply {
+        let reason = r.to_string();
+        let mut data = serde_json::json!({"error": r.code(), "reason": reason});
+        if let Refusal::ApprovalPending {
+            id: approval,
+            retry_after,
+            ..
+        } = r
+        {
+            data["approval_id"] = serde_json::json!(approval);
+            data["retry_after"] = serde_json::json!(retry_after);
+        }
+        let body = crate::mcp::error(id, crate::mcp::REFUSED, &reason, Some(data));
+        Reply::json(200, Bytes::from(body.to_string()))
+    }
+
+    /// Add `resource_metadata` (RFC 9728) to a Bearer challenge.
+    pub fn with_resource_metadata(mut self, url: &str) -> Reply {
+        for (k, v) in self.headers.iter_mut() {
+            if *k == "www-authenticate" {
+                v.push_str(&format!(", resource_metadata=\"{url}\""));
+            }
+        }
+        self
+    }
+
+    /// The RFC 9728 protected-resource metadata of an MCP route.
+    pub fn resource_metadata(m: &crate::config::model::McpSpec) -> Reply {
+        let body = serde_json::json!({
+            "resource": m.resource,
+            "authorization_servers": m.authorization_servers,
+            "scopes_supported": m.scopes_supported,
+            "bearer_methods_supported": ["header"],
+        });
+        let mut r = Reply::json(200, Bytes::from(body.to_string()));
+        r.headers.retain(|(k, _)| *k != "cache-control");
+        r.headers.push(("cache-control", "max-age=300".to_string()));
+        r
     }
 
     /// `GET /.portcullis/approvals/<id>`: an async approval's status, for its owner.

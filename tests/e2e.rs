@@ -13,6 +13,8 @@ mod cli;
 mod credentials;
 #[path = "e2e/jwks.rs"]
 mod jwks;
+#[path = "e2e/mcp.rs"]
+mod mcp;
 #[path = "e2e/policy.rs"]
 mod policy;
 #[path = "e2e/proxy.rs"]

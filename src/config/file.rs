@@ -272,6 +272,20 @@ pub struct Route {
     pub credentials: Option<Credentials>,
     /// How a `require_approval` decision of the policy is carried out.
     pub approval: Option<Approval>,
+    /// `http` (default) or `mcp`: JSON-RPC aware, per-tool policy.
+    pub kind: Option<String>,
+    pub mcp: Option<Mcp>,
+}
+
+/// An MCP route as an OAuth protected resource.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mcp {
+    /// The MCP server's URL as clients use it (through the gateway); tokens must name it in
+    /// `aud` (RFC 8707) and it is the RFC 9728 `resource`.
+    pub resource: String,
+    /// `scopes_supported` of the metadata document (default: the route's required scopes).
+    pub scopes_supported: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

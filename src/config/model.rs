@@ -229,6 +229,30 @@ pub struct RouteSpec {
     pub timeouts: UpstreamTimeouts,
     pub credentials: Option<CredentialSpec>,
     pub approval: Option<ApprovalSpec>,
+    /// Set on `kind: mcp` routes.
+    pub mcp: Option<McpSpec>,
+}
+
+/// An MCP route: its RFC 9728 protected-resource metadata.
+#[derive(Debug, Clone)]
+pub struct McpSpec {
+    pub resource: String,
+    /// Path of the resource URL (`/mcp`), for `/.well-known/oauth-protected-resource/mcp`.
+    pub resource_path: String,
+    /// Origin of the resource URL, for the absolute metadata URL in challenges.
+    pub origin: String,
+    pub authorization_servers: Vec<String>,
+    pub scopes_supported: Vec<String>,
+}
+
+impl McpSpec {
+    /// Absolute URL of this route's RFC 9728 document.
+    pub fn metadata_url(&self) -> String {
+        format!(
+            "{}/.well-known/oauth-protected-resource{}",
+            self.origin, self.resource_path
+        )
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -2,9 +2,11 @@
 
 mod approval;
 mod credentials;
+mod mcp;
+mod target;
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -14,8 +16,8 @@ use jsonwebtoken::Algorithm;
 
 use super::file;
 use super::model::{
-    AuthSpec, ClientSpec, Config, IssuerSpec, JwksTiming, KeySource, ListenSpec, RouteMatch,
-    RouteSpec, ServerSpec, TlsFiles, Upstream, UpstreamTimeouts, VaultSpec,
+    AuthSpec, ClientSpec, Config, IssuerSpec, JwksTiming, KeySource, ListenSpec, RouteSpec,
+    ServerSpec, TlsFiles, UpstreamTimeouts, VaultSpec,
 };
 use super::{ConfigError, Source};
 use crate::roles::RoleMap;
@@ -350,8 +352,8 @@ fn route(
     {
         return Err(src.error(&format!("{at}.name"), "use 1+ characters of [A-Za-z0-9-_.]"));
     }
-    let matcher = route_match(src, at, r.matcher)?;
-    let upstream = upstream(src, &format!("{at}.upstream"), &r.upstream)?;
+    let matcher = target::route_match(src, at, r.matcher)?;
+    let upstream = target::upstream(src, &format!("{at}.upstream"), &r.upstream)?;
     let auth = match (r.auth, r.public) {
         (Some(_), true) => {
             return Err(src.error(
@@ -436,6 +438,39 @@ fn route(
         )?),
         None => None,
     };
+    let mcp = match (r.kind.as_deref(), r.mcp) {
+        (None | Some("http"), None) => None,
+        (Some("mcp"), Some(m)) => {
+            let Some(a) = &auth else {
+                return Err(src.error(
+                    &format!("{at}.kind"),
+                    "an MCP route is an OAuth protected resource: it needs `auth:`",
+                ));
+            };
+            Some(mcp::spec(
+                src,
+                at,
+                m,
+                &issuers[a.issuer].issuer,
+                &a.require_scopes,
+            )?)
+        }
+        (Some("mcp"), None) => {
+            return Err(src.error(
+                &format!("{at}.mcp"),
+                "a `kind: mcp` route needs `mcp: { resource: <URL clients use> }`",
+            ))
+        }
+        (None | Some("http"), Some(_)) => {
+            return Err(src.error(&format!("{at}.mcp"), "only for `kind: mcp` routes"))
+        }
+        (Some(other), _) => {
+            return Err(src.error(
+                &format!("{at}.kind"),
+                format!("'{other}' is not a route kind (http or mcp)"),
+            ))
+        }
+    };
     let ms = |v: Option<u64>| v.map(Duration::from_millis);
     Ok(RouteSpec {
         name: Arc::from(r.name.as_str()),
@@ -458,84 +493,7 @@ fn route(
         },
         credentials,
         approval,
-    })
-}
-
-fn route_match(src: &Source, at: &str, m: file::Match) -> Result<RouteMatch, ConfigError> {
-    if let Some(p) = &m.path_prefix {
-        if !p.starts_with('/') {
-            return Err(src.error(&format!("{at}.match.path_prefix"), "must start with '/'"));
-        }
-    }
-    let methods = match m.methods {
-        Some(list) => {
-            if list.is_empty() {
-                return Err(src.error(&format!("{at}.match.methods"), "list at least one method"));
-            }
-            let mut out = Vec::new();
-            for method in list {
-                if http::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
-                    return Err(src.error(
-                        &format!("{at}.match.methods"),
-                        format!("'{method}' is not an HTTP method"),
-                    ));
-                }
-                out.push(method.to_ascii_uppercase());
-            }
-            Some(out)
-        }
-        None => None,
-    };
-    Ok(RouteMatch {
-        host: m.host.map(|h| h.to_ascii_lowercase()),
-        path_prefix: m.path_prefix,
-        methods,
-    })
-}
-
-fn upstream(src: &Source, field: &str, raw: &str) -> Result<Upstream, ConfigError> {
-    let url =
-        url::Url::parse(raw).map_err(|e| src.error(field, format!("invalid URL '{raw}': {e}")))?;
-    let tls = match url.scheme() {
-        "http" => false,
-        "https" => true,
-        s => {
-            return Err(src.error(
-                field,
-                format!("scheme '{s}' is not supported (http or https)"),
-            ))
-        }
-    };
-    if !matches!(url.path(), "" | "/") || url.query().is_some() {
-        return Err(src.error(
-            field,
-            "an upstream URL has no path or query: paths are forwarded as received",
-        ));
-    }
-    let host = url
-        .host_str()
-        .ok_or_else(|| src.error(field, "the URL has no host"))?
-        .to_string();
-    let port = url
-        .port_or_known_default()
-        .unwrap_or(if tls { 443 } else { 80 });
-    let lookup = host.trim_start_matches('[').trim_end_matches(']');
-    let addr = (lookup, port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| src.error(field, format!("cannot resolve host '{host}'")))?;
-    let authority = match url.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.clone(),
-    };
-    Ok(Upstream {
-        url: raw.to_string(),
-        tls,
-        host: lookup.to_string(),
-        port,
-        addr,
-        authority,
+        mcp,
     })
 }
 

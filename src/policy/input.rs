@@ -28,6 +28,8 @@ pub struct RequestInfo<'a> {
     pub host: &'a str,
     pub headers: Vec<(&'a str, &'a str)>,
     pub body: Option<serde_json::Value>,
+    /// `input.mcp` on MCP routes: method, tool, arguments, uri, prompt.
+    pub mcp: Option<serde_json::Value>,
 }
 
 fn strings(items: &[String]) -> Value {
@@ -121,6 +123,9 @@ pub fn build(
     if let Some(body) = req.body {
         top.push(("body", Value::from(body)));
     }
+    if let Some(mcp) = req.mcp {
+        top.push(("mcp", Value::from(mcp)));
+    }
     if let Some(c) = credentials {
         top.push(("credentials", c.clone()));
     }
@@ -155,6 +160,7 @@ mod tests {
             host: "h",
             headers: vec![("x-tenant", "acme")],
             body: Some(serde_json::json!({"amount": 5})),
+            mcp: None,
         };
         let creds = super::credentials_value("vault", Some("github"));
         let v = build("invoices", req, &subject_value(&id), Some(&creds));

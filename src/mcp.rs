@@ -1,0 +1,260 @@
+//! MCP (JSON-RPC 2.0 over streamable HTTP), as the gateway needs it: parse a POSTed message
+//! or batch, name what each request does (method, tool and arguments, resource uri, prompt),
+//! check the 2026-07-28 `Mcp-Method` / `Mcp-Name` headers against the body, build JSON-RPC
+//! errors, and filter a `tools/list` result (JSON or one SSE event) to the tools a predicate
+//! allows. Pure: no I/O, no pingora.
+
+use serde_json::{json, Map, Value};
+
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+/// The 2026-07-28 revision's code for headers that do not match the body.
+pub const HEADER_MISMATCH: i64 = -32020;
+/// portcullis: the gateway refused the request (policy, approval, limits).
+pub const REFUSED: i64 = -32003;
+
+/// One JSON-RPC message of a POST body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// `None` for notifications and responses.
+    pub id: Option<Value>,
+    /// `None` for responses (the client answering a server request).
+    pub method: Option<String>,
+    /// `params.name` of `tools/call` and `prompts/get`.
+    pub name: Option<String>,
+    /// `params.uri` of `resources/read`.
+    pub uri: Option<String>,
+    /// `params.arguments` of `tools/call` and `prompts/get`.
+    pub arguments: Option<Value>,
+}
+
+impl Message {
+    /// The tool of a `tools/call`.
+    pub fn tool(&self) -> Option<&str> {
+        (self.method.as_deref() == Some("tools/call"))
+            .then_some(self.name.as_deref())
+            .flatten()
+    }
+
+    /// What `Mcp-Name` must say for this message, if anything.
+    pub fn header_name(&self) -> Option<&str> {
+        match self.method.as_deref() {
+            Some("tools/call" | "prompts/get") => self.name.as_deref(),
+            Some("resources/read") => self.uri.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// `input.mcp` for the policy.
+    pub fn policy_input(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("method".into(), json!(self.method));
+        if let Some(t) = self.tool() {
+            m.insert("tool".into(), json!(t));
+        }
+        if self.method.as_deref() == Some("prompts/get") {
+            m.insert("prompt".into(), json!(self.name));
+        }
+        if let Some(u) = &self.uri {
+            m.insert("uri".into(), json!(u));
+        }
+        m.insert(
+            "arguments".into(),
+            self.arguments.clone().unwrap_or_else(|| json!({})),
+        );
+        Value::Object(m)
+    }
+}
+
+/// A POST body: one message or a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    Single(Message),
+    Batch(Vec<Message>),
+}
+
+impl Body {
+    pub fn messages(&self) -> &[Message] {
+        match self {
+            Body::Single(m) => std::slice::from_ref(m),
+            Body::Batch(v) => v,
+        }
+    }
+}
+
+/// Why a body is not JSON-RPC.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+    pub id: Option<Value>,
+}
+
+fn invalid(message: &str, id: Option<Value>) -> RpcError {
+    RpcError {
+        code: INVALID_REQUEST,
+        message: message.to_string(),
+        id,
+    }
+}
+
+fn message(v: &Value) -> Result<Message, RpcError> {
+    let Value::Object(o) = v else {
+        return Err(invalid("a JSON-RPC message must be an object", None));
+    };
+    let id = o.get("id").cloned();
+    if let Some(i) = &id {
+        if !(i.is_string() || i.is_number() || i.is_null()) {
+            return Err(invalid("id must be a string or a number", None));
+        }
+    }
+    if o.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(invalid("jsonrpc must be \"2.0\"", id));
+    }
+    let method = match o.get("method") {
+        Some(Value::String(m)) => Some(m.clone()),
+        Some(_) => return Err(invalid("method must be a string", id)),
+        None if o.contains_key("result") || o.contains_key("error") => None,
+        None => return Err(invalid("a request needs a method", id)),
+    };
+    let params = o.get("params");
+    if params.is_some_and(|p| !(p.is_object() || p.is_array())) {
+        return Err(invalid("params must be an object or an array", id));
+    }
+    let field = |k: &str| params.and_then(|p| p.get(k));
+    let string = |k: &str| -> Result<Option<String>, RpcError> {
+        match field(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(invalid(&format!("params.{k} must be a string"), id.clone())),
+        }
+    };
+    let (name, uri) = match method.as_deref() {
+        Some("tools/call" | "prompts/get") => {
+            let n = string("name")?;
+            if n.is_none() {
+                return Err(invalid("params.name is required", id));
+            }
+            (n, None)
+        }
+        Some("resources/read") => {
+            let u = string("uri")?;
+            if u.is_none() {
+                return Err(invalid("params.uri is required", id));
+            }
+            (None, u)
+        }
+        _ => (None, None),
+    };
+    let arguments = match field("arguments") {
+        None | Some(Value::Null) => None,
+        Some(a @ Value::Object(_)) => Some(a.clone()),
+        Some(_) => return Err(invalid("params.arguments must be an object", id)),
+    };
+    Ok(Message {
+        id,
+        method,
+        name,
+        uri,
+        arguments,
+    })
+}
+
+/// Parse a POST body.
+pub fn parse(body: &[u8]) -> Result<Body, RpcError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| RpcError {
+        code: PARSE_ERROR,
+        message: format!("parse error: {e}"),
+        id: None,
+    })?;
+    match &v {
+        Value::Array(items) if items.is_empty() => Err(invalid("an empty batch", None)),
+        Value::Array(items) => items
+            .iter()
+            .map(message)
+            .collect::<Result<_, _>>()
+            .map(Body::Batch),
+        other => message(other).map(Body::Single),
+    }
+}
+
+/// `Mcp-Method` / `Mcp-Name` must agree with the body (a header cannot smuggle another
+/// tool past the policy). Absent headers are not checked here.
+pub fn check_headers(
+    body: &Body,
+    method: Option<&str>,
+    name: Option<&str>,
+) -> Result<(), RpcError> {
+    if method.is_none() && name.is_none() {
+        return Ok(());
+    }
+    let Body::Single(m) = body else {
+        return Err(RpcError {
+            code: HEADER_MISMATCH,
+            message: "Mcp-Method/Mcp-Name headers cannot describe a batch".into(),
+            id: None,
+        });
+    };
+    let mismatch = |what: &str| RpcError {
+        code: HEADER_MISMATCH,
+        message: format!("the {what} header does not match the request body"),
+        id: m.id.clone(),
+    };
+    if method.is_some_and(|h| Some(h) != m.method.as_deref()) {
+        return Err(mismatch("Mcp-Method"));
+    }
+    if name != m.header_name() {
+        return Err(mismatch("Mcp-Name"));
+    }
+    Ok(())
+}
+
+/// A JSON-RPC error response.
+pub fn error(id: Option<&Value>, code: i64, message: &str, data: Option<Value>) -> Value {
+    let mut e = json!({"code": code, "message": message});
+    if let Some(d) = data {
+        e["data"] = d;
+    }
+    json!({"jsonrpc": "2.0", "id": id.cloned().unwrap_or(Value::Null), "error": e})
+}
+
+/// Remove from a JSON-RPC response whose `result.tools` is a list every tool `allowed` refuses.
+/// Returns how many were removed (`None`: not a tools/list result).
+pub fn filter_tools(response: &mut Value, mut allowed: impl FnMut(&str) -> bool) -> Option<usize> {
+    let tools = response
+        .get_mut("result")?
+        .get_mut("tools")?
+        .as_array_mut()?;
+    let before = tools.len();
+    tools.retain(|t| {
+        t.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(&mut allowed)
+    });
+    Some(before - tools.len())
+}
+
+/// Rewrite one SSE event (the text between blank lines, without them): a `data:` payload that
+/// is a tools/list result is filtered; anything else is returned unchanged.
+pub fn filter_sse_event(event: &str, allowed: impl FnMut(&str) -> bool) -> Option<String> {
+    let data: Vec<&str> = event
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect();
+    if data.is_empty() {
+        return None;
+    }
+    let mut v: Value = serde_json::from_str(&data.join("\n")).ok()?;
+    filter_tools(&mut v, allowed)?;
+    let mut out: Vec<String> = event
+        .lines()
+        .filter(|l| !l.starts_with("data:"))
+        .map(str::to_string)
+        .collect();
+    out.push(format!("data: {v}"));
+    Some(out.join("\n"))
+}
+
+#[cfg(test)]
+mod tests;

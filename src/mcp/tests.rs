@@ -1,0 +1,96 @@
+use serde_json::json;
+
+use super::{
+    check_headers, filter_sse_event, filter_tools, parse, Body, HEADER_MISMATCH, INVALID_REQUEST,
+    PARSE_ERROR,
+};
+
+#[test]
+fn parses_calls_and_names_what_they_do() {
+    let b = parse(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"pay_invoice","arguments":{"amount":5}}}"#).unwrap();
+    let Body::Single(m) = &b else { panic!() };
+    assert_eq!(m.tool(), Some("pay_invoice"));
+    let input = m.policy_input();
+    assert_eq!(input["tool"], "pay_invoice");
+    assert_eq!(input["arguments"]["amount"], 5);
+    let r = parse(
+        br#"{"jsonrpc":"2.0","id":"a","method":"resources/read","params":{"uri":"file:///x"}}"#,
+    )
+    .unwrap();
+    assert_eq!(r.messages()[0].policy_input()["uri"], "file:///x");
+    let n = parse(br#"[{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","id":1,"result":{}}]"#).unwrap();
+    assert_eq!(n.messages().len(), 2);
+    assert_eq!(n.messages()[1].method, None);
+}
+
+#[test]
+fn rejects_what_is_not_json_rpc() {
+    assert_eq!(parse(b"{nope").unwrap_err().code, PARSE_ERROR);
+    for bad in [
+        &br#"[]"#[..],
+        br#"{"id":1,"method":"x"}"#,
+        br#"{"jsonrpc":"2.0","id":{},"method":"x"}"#,
+        br#"{"jsonrpc":"2.0","id":1}"#,
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#,
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":[1]}}"#,
+        br#"{"jsonrpc":"2.0","id":1,"method":"x","params":3}"#,
+        br#"7"#,
+    ] {
+        assert_eq!(
+            parse(bad).unwrap_err().code,
+            INVALID_REQUEST,
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn headers_must_match_the_body() {
+    let b = parse(
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_invoice"}}"#,
+    )
+    .unwrap();
+    assert!(check_headers(&b, None, None).is_ok());
+    assert!(check_headers(&b, Some("tools/call"), Some("read_invoice")).is_ok());
+    assert_eq!(
+        check_headers(&b, Some("tools/call"), Some("delete_all"))
+            .unwrap_err()
+            .code,
+        HEADER_MISMATCH
+    );
+    assert_eq!(
+        check_headers(&b, Some("tools/list"), Some("read_invoice"))
+            .unwrap_err()
+            .code,
+        HEADER_MISMATCH
+    );
+    assert_eq!(
+        check_headers(&b, Some("tools/call"), None)
+            .unwrap_err()
+            .code,
+        HEADER_MISMATCH
+    );
+    let l = parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).unwrap();
+    assert!(check_headers(&l, Some("tools/list"), None).is_ok());
+}
+
+#[test]
+fn tools_list_filtering_json_and_sse() {
+    let mut v =
+        json!({"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"},{"name":"c"}]}});
+    assert_eq!(filter_tools(&mut v, |n| n != "b"), Some(1));
+    assert_eq!(v["result"]["tools"], json!([{"name":"a"},{"name":"c"}]));
+    assert_eq!(filter_tools(&mut json!({"result": {}}), |_| true), None);
+    let event = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"a\"},{\"name\":\"b\"}]}}";
+    let out = filter_sse_event(event, |n| n == "a").unwrap();
+    assert!(out.starts_with("event: message\ndata: "));
+    assert!(out.contains("\"a\"") && !out.contains("\"b\""));
+    assert_eq!(
+        filter_sse_event(
+            "event: ping\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"x\"}",
+            |_| false
+        ),
+        None
+    );
+}
