@@ -218,6 +218,19 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // MCP: parse a tools/call, and parse + filter a 100-tool tools/list response.
+    let call = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"pay_invoice","arguments":{"invoice_id":"INV-42","amount":5000}}}"#;
+    c.bench_function("mcp_parse_tools_call", |b| {
+        b.iter(|| portcullis::mcp::parse(black_box(call)).is_ok())
+    });
+    let tools: Vec<serde_json::Value> = (0..100)
+        .map(|i| json!({"name": format!("tool_{i}"), "description": "does a thing", "inputSchema": {"type": "object", "properties": {"id": {"type": "string"}}}}))
+        .collect();
+    let list = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}}).to_string();
+    c.bench_function("mcp_tools_list_filter_100", |b| {
+        b.iter(|| portcullis::mcp::filter_tools_json(black_box(&list), |t| !t.ends_with('7')))
+    });
+
     c.bench_function("authz_path_cached_token_scopes_rego", |b| {
         b.iter(|| {
             let (v, _) = rt

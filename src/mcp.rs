@@ -218,20 +218,43 @@ pub fn error(id: Option<&Value>, code: i64, message: &str, data: Option<Value>) 
     json!({"jsonrpc": "2.0", "id": id.cloned().unwrap_or(Value::Null), "error": e})
 }
 
-/// Remove from a JSON-RPC response whose `result.tools` is a list every tool `allowed` refuses.
-/// Returns how many were removed (`None`: not a tools/list result).
-pub fn filter_tools(response: &mut Value, mut allowed: impl FnMut(&str) -> bool) -> Option<usize> {
-    let tools = response
-        .get_mut("result")?
-        .get_mut("tools")?
-        .as_array_mut()?;
+/// Remove from a JSON-RPC response whose `result.tools` is a list every tool `allowed`
+/// refuses, without building a tree of the tools: each tool stays raw JSON and only its `name`
+/// is read. Returns the new text and how many tools were removed
+/// (`None`: not a tools/list result, or not JSON).
+pub fn filter_tools_json(
+    text: &str,
+    mut allowed: impl FnMut(&str) -> bool,
+) -> Option<(String, usize)> {
+    use std::collections::BTreeMap;
+
+    use serde_json::value::RawValue;
+
+    #[derive(serde::Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        name: std::borrow::Cow<'a, str>,
+    }
+    let mut top: BTreeMap<&str, &RawValue> = serde_json::from_str(text).ok()?;
+    let mut result: BTreeMap<&str, &RawValue> =
+        serde_json::from_str(top.get("result")?.get()).ok()?;
+    let tools: Vec<&RawValue> = serde_json::from_str(result.get("tools")?.get()).ok()?;
     let before = tools.len();
-    tools.retain(|t| {
-        t.get("name")
-            .and_then(Value::as_str)
-            .is_some_and(&mut allowed)
-    });
-    Some(before - tools.len())
+    let kept: Vec<&RawValue> = tools
+        .into_iter()
+        .filter(|t| {
+            serde_json::from_str::<Named>(t.get())
+                .map(|n| allowed(&n.name))
+                .unwrap_or(false)
+        })
+        .collect();
+    let removed = before - kept.len();
+    let kept = serde_json::to_string(&kept).ok()?;
+    let kept = RawValue::from_string(kept).ok()?;
+    result.insert("tools", &kept);
+    let result = RawValue::from_string(serde_json::to_string(&result).ok()?).ok()?;
+    top.insert("result", &result);
+    Some((serde_json::to_string(&top).ok()?, removed))
 }
 
 /// Rewrite one SSE event (the text between blank lines, without them): a `data:` payload that
@@ -245,8 +268,7 @@ pub fn filter_sse_event(event: &str, allowed: impl FnMut(&str) -> bool) -> Optio
     if data.is_empty() {
         return None;
     }
-    let mut v: Value = serde_json::from_str(&data.join("\n")).ok()?;
-    filter_tools(&mut v, allowed)?;
+    let (v, _) = filter_tools_json(&data.join("\n"), allowed)?;
     let mut out: Vec<String> = event
         .lines()
         .filter(|l| !l.starts_with("data:"))

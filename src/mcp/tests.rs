@@ -1,8 +1,8 @@
 use serde_json::json;
 
 use super::{
-    check_headers, filter_sse_event, filter_tools, parse, Body, HEADER_MISMATCH, INVALID_REQUEST,
-    PARSE_ERROR,
+    check_headers, filter_sse_event, filter_tools_json, parse, Body, HEADER_MISMATCH,
+    INVALID_REQUEST, PARSE_ERROR,
 };
 
 #[test]
@@ -77,11 +77,13 @@ fn headers_must_match_the_body() {
 
 #[test]
 fn tools_list_filtering_json_and_sse() {
-    let mut v =
-        json!({"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"},{"name":"c"}]}});
-    assert_eq!(filter_tools(&mut v, |n| n != "b"), Some(1));
+    let text =
+        json!({"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"},{"name":"c"}]}})
+            .to_string();
+    let (out, removed) = filter_tools_json(&text, |n| n != "b").unwrap();
+    assert_eq!(removed, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["result"]["tools"], json!([{"name":"a"},{"name":"c"}]));
-    assert_eq!(filter_tools(&mut json!({"result": {}}), |_| true), None);
     let event = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"a\"},{\"name\":\"b\"}]}}";
     let out = filter_sse_event(event, |n| n == "a").unwrap();
     assert!(out.starts_with("event: message\ndata: "));
@@ -93,4 +95,18 @@ fn tools_list_filtering_json_and_sse() {
         ),
         None
     );
+}
+
+#[test]
+fn raw_filter_keeps_other_fields_untouched() {
+    let text = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a","inputSchema":{"x":[1,2]}},{"name":"b"}],"nextCursor":"c"}}"#;
+    let (out, removed) = filter_tools_json(text, |n| n == "a").unwrap();
+    assert_eq!(removed, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v,
+        json!({"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a","inputSchema":{"x":[1,2]}}],"nextCursor":"c"}})
+    );
+    assert!(filter_tools_json(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, |_| true).is_none());
+    assert!(filter_tools_json("nope", |_| true).is_none());
 }

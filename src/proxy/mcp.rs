@@ -31,7 +31,6 @@ pub struct ToolFilter {
     pub mode: Option<ListMode>,
     buf: Vec<u8>,
     decided: HashMap<String, bool>,
-    pub removed: usize,
 }
 
 fn rpc_refusal(status: u16, label: &'static str, e: RpcError) -> Refusal {
@@ -215,15 +214,12 @@ pub fn filter_body(session: &Session, ctx: &mut Ctx, body: &mut Option<Bytes>, e
                 return;
             }
             let raw = std::mem::take(&mut filter.buf);
-            match serde_json::from_slice::<Value>(&raw) {
-                Ok(mut v) => {
-                    let mut allowed = |t: &str| may_call(filter, &g, req, &route, &verified, t);
-                    let removed = rpc::filter_tools(&mut v, &mut allowed).unwrap_or(0);
-                    filter.removed += removed;
-                    out = v.to_string().into_bytes();
-                }
-                Err(_) => out = raw,
-            }
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            let allowed = |t: &str| may_call(filter, &g, req, &route, &verified, t);
+            out = match rpc::filter_tools_json(&text, allowed) {
+                Some((new, _)) => new.into_bytes(),
+                None => raw,
+            };
         }
         ListMode::Sse => {
             // Complete events are rewritten and passed on at once; the rest waits for more.

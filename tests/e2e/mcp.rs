@@ -227,3 +227,98 @@ fn protected_resource_metadata_and_audience() {
     let _ = s.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 401"), "{out}");
 }
+
+#[test]
+fn tool_call_approval_and_exchanged_token_on_an_mcp_route() {
+    let op = crate::support::Op::start_env(&[("CIBA_INTERVAL", "1")]);
+    let server = McpServer::start(true);
+    let extra = format!(
+        r#"    approval: {{ client: gw, backchannel_endpoint: "{op}/backchannel", max_wait_seconds: 30 }}
+    credentials:
+      token_exchange: {{ client: gw, resource: ["https://invoices.mcp.test"], scope: "invoices:read" }}
+"#,
+        op = op.url()
+    );
+    let yaml = yaml(&op.url(), &op.issuer, &server)
+        .replace("routes:\n", &format!("clients:\n  - {{ name: gw, token_endpoint: \"{}/token\", client_id: portcullis, client_secret_env: PORTCULLIS_TEST_CLIENT_SECRET }}\nroutes:\n", op.url()))
+        + &extra;
+    let gw = Gw::start_env(
+        &yaml,
+        true,
+        &[("PORTCULLIS_TEST_CLIENT_SECRET", "portcullis-secret")],
+    );
+    let url = gw.url("/mcp");
+    let payer = op.mint(json!({"sub": "alice", "scope": "invoices:read invoices:pay", "resource": format!("http://127.0.0.1:{}/mcp", gw.port)}));
+    // The MCP server gets a token exchanged for it, never the user's.
+    let (code, out, err) = mcp_client(
+        &url,
+        &payer,
+        &[
+            "--call",
+            "read_invoice",
+            "--args",
+            r#"{"invoice_id":"INV-42"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let text = v["result"].to_string();
+    let signature = payer.rsplit('.').next().unwrap();
+    assert!(
+        text.contains("Bearer ey") && !text.contains(signature),
+        "{text}"
+    );
+    let inner: Value =
+        serde_json::from_str(v["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    let sent = inner["upstream_saw_authorization"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap();
+    use base64::Engine;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sent.split('.').nth(1).unwrap())
+        .unwrap();
+    let claims: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(claims["aud"], "https://invoices.mcp.test");
+    assert_eq!(claims["act"]["sub"], "portcullis");
+    // A large payment is held until the user approves it on their device.
+    let (url2, payer2) = (url.clone(), payer.clone());
+    let call = std::thread::spawn(move || {
+        mcp_client(
+            &url2,
+            &payer2,
+            &[
+                "--call",
+                "pay_invoice",
+                "--args",
+                r#"{"invoice_id":"INV-42","amount":5000}"#,
+            ],
+        )
+    });
+    let asked = op.wait_pending();
+    assert_eq!(asked["binding_message"], "Pay INV-42 5000 EUR");
+    assert_eq!(asked["authorization_details"][0]["type"], "tool_call");
+    op.answer("approve", asked["auth_req_id"].as_str().unwrap());
+    let (code, out, err) = call.join().unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("paid"), "{out}");
+    // Denied by the user: a JSON-RPC error the client shows.
+    let (url3, payer3) = (url.clone(), payer.clone());
+    let call = std::thread::spawn(move || {
+        mcp_client(
+            &url3,
+            &payer3,
+            &[
+                "--call",
+                "pay_invoice",
+                "--args",
+                r#"{"invoice_id":"INV-1","amount":7000}"#,
+            ],
+        )
+    });
+    op.answer("deny", op.wait_pending()["auth_req_id"].as_str().unwrap());
+    let (code, out, err) = call.join().unwrap();
+    assert_ne!(code, 0);
+    assert!((out + &err).contains("the user denied this request"));
+}
