@@ -134,6 +134,16 @@ pub struct Approvals {
     metrics: ApprovalMetrics,
 }
 
+/// How long to wait for the user: the route's limit, but a second less than the authorization
+/// server keeps the request, so the outcome of a late answer is always our time-out (408),
+/// never a race with the server's `expired_token`.
+fn lifetime(spec: &ApprovalSpec, started: &ciba::Started) -> u64 {
+    spec.max_wait
+        .as_secs()
+        .min(started.expires_in.saturating_sub(1))
+        .max(1)
+}
+
 /// Poll until the user answers, the request expires or `deadline` passes.
 async fn poll_until(
     client: &TokenClient,
@@ -254,7 +264,7 @@ impl Approvals {
         let started = self.ask(spec, who, iss, req).await?;
         let client = self.clients[spec.client].clone();
         let interval = started.interval.unwrap_or(ciba::DEFAULT_INTERVAL);
-        let deadline = Instant::now() + spec.max_wait.min(Duration::from_secs(started.expires_in));
+        let deadline = Instant::now() + Duration::from_secs(lifetime(spec, &started));
         let (tx, rx) = watch::channel(None);
         let metrics = self.metrics.clone();
         let gauge = metrics.pending_guard();
@@ -286,7 +296,7 @@ impl Approvals {
         let reservation = self.reserve(&who.sub)?;
         let started = self.ask(spec, who, iss, req).await?;
         let now = now();
-        let lifetime = spec.max_wait.as_secs().min(started.expires_in);
+        let lifetime = lifetime(spec, &started);
         let interval = started.interval.unwrap_or(ciba::DEFAULT_INTERVAL);
         let record = ApprovalRecord {
             id: store::new_id().map_err(|e| self.store_error(&e))?,

@@ -29,6 +29,7 @@ pub struct Gateway {
     pub verifier: Verifier,
     pub credentials: Credentials,
     pub approvals: Approvals,
+    pub rate_limits: crate::ratelimit::RateLimiter,
     pub metrics: Metrics,
 }
 
@@ -144,6 +145,7 @@ impl Gateway {
             })
             .collect();
         Ok(Gateway {
+            rate_limits: crate::ratelimit::RateLimiter::default(),
             approvals,
             credentials,
             credential_inputs,
@@ -154,6 +156,28 @@ impl Gateway {
             verifier,
             metrics,
         })
+    }
+
+    /// The route's per-agent limit, then (for an MCP `tool`) its per-agent-and-tool limit.
+    pub fn rate_check(
+        &self,
+        route: &RouteSpec,
+        agent: Option<&str>,
+        tool: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let now = std::time::Instant::now();
+        let agent = agent.unwrap_or("-");
+        let (rate, key, is_tool) = match (tool, route.tool_rate, route.agent_rate) {
+            (Some(t), Some(rate), _) => (rate, format!("{}\0{agent}\0{t}", route.name), true),
+            (None, _, Some(rate)) => (rate, format!("{}\0{agent}", route.name), false),
+            _ => return Ok(()),
+        };
+        self.rate_limits
+            .check(&key, rate, now)
+            .map_err(|retry_after| Refusal::RateLimited {
+                retry_after,
+                tool: is_tool,
+            })
     }
 
     /// Verify the bearer token for `route` and apply its identity checks.

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod policy;
 pub mod private_file;
 pub mod proxy;
+pub mod ratelimit;
 pub mod respond;
 pub mod roles;
 pub mod secret;

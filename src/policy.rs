@@ -88,6 +88,11 @@ pub enum Refusal {
     },
     /// The client went away while its call was held.
     ClientClosed,
+    /// A rate limit of the route (per agent, or per agent and tool).
+    RateLimited {
+        retry_after: u64,
+        tool: bool,
+    },
     /// An MCP request answered in JSON-RPC: `body` is the whole response (object or batch).
     JsonRpc {
         status: u16,
@@ -123,6 +128,7 @@ impl Refusal {
             Refusal::ApprovalRejected => 502,
             Refusal::TooManyApprovals { .. } => 429,
             Refusal::ClientClosed => 499,
+            Refusal::RateLimited { .. } => 429,
             Refusal::JsonRpc { status, .. } => *status,
         }
     }
@@ -155,6 +161,7 @@ impl Refusal {
             Refusal::ApprovalInvalid => "approval_invalid",
             Refusal::TooManyApprovals { .. } => "too_many_approvals",
             Refusal::ClientClosed => "client_closed",
+            Refusal::RateLimited { .. } => "rate_limited",
             Refusal::JsonRpc { .. } => "jsonrpc_error",
         }
     }
@@ -175,6 +182,7 @@ impl Refusal {
                 | Refusal::ApprovalRejected
                 | Refusal::ApprovalInvalid
                 | Refusal::TooManyApprovals { .. }
+                | Refusal::RateLimited { tool: true, .. }
         )
     }
 
@@ -208,6 +216,7 @@ impl Refusal {
             Refusal::ApprovalInvalid => "approval_invalid",
             Refusal::TooManyApprovals { .. } => "too_many_approvals",
             Refusal::ClientClosed => "client_closed",
+            Refusal::RateLimited { .. } => "rate_limited",
             Refusal::JsonRpc { label, .. } => label,
         }
     }
@@ -241,6 +250,7 @@ impl Refusal {
         "approval_invalid",
         "too_many_approvals",
         "client_closed",
+        "rate_limited",
         "jsonrpc_invalid",
         "mcp_header_mismatch",
         "mcp_denied",
@@ -316,6 +326,11 @@ impl fmt::Display for Refusal {
                 f.write_str("too many approvals are pending")
             }
             Refusal::ClientClosed => f.write_str("the client closed the connection"),
+            Refusal::RateLimited { retry_after, tool } => write!(
+                f,
+                "rate limit of this {} exceeded; retry in {retry_after} s",
+                if *tool { "agent and tool" } else { "agent" }
+            ),
             Refusal::JsonRpc { reason, .. } => f.write_str(reason),
         }
     }

@@ -157,6 +157,7 @@ impl Proxy {
             TokenSource::Verified => g.metrics.token_cache_misses.inc(),
         }
         ctx.verified = Some(verified.clone());
+        g.rate_check(&route, verified.identity.agent.as_deref(), None)?;
         let subject_token = route.credentials.as_ref().map(|_| token.to_string());
         let approval = match &route.mcp {
             Some(m) => {

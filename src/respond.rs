@@ -83,6 +83,9 @@ impl Reply {
             | Refusal::TooManyApprovals { .. } => {
                 reply.headers.push(("retry-after", "5".to_string()));
             }
+            Refusal::RateLimited { retry_after, .. } => {
+                reply.headers.push(("retry-after", retry_after.to_string()));
+            }
             Refusal::ApprovalPending {
                 id, retry_after, ..
             } => {
@@ -108,6 +111,9 @@ impl Reply {
         } = r
         {
             data["approval_id"] = serde_json::json!(approval);
+            data["retry_after"] = serde_json::json!(retry_after);
+        }
+        if let Refusal::RateLimited { retry_after, .. } = r {
             data["retry_after"] = serde_json::json!(retry_after);
         }
         let body = crate::mcp::error(id, crate::mcp::REFUSED, &reason, Some(data));

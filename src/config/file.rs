@@ -275,6 +275,22 @@ pub struct Route {
     /// `http` (default) or `mcp`: JSON-RPC aware, per-tool policy.
     pub kind: Option<String>,
     pub mcp: Option<Mcp>,
+    /// Token buckets: per agent on this route, and per agent and MCP tool.
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub agent: Option<Bucket>,
+    pub tool: Option<Bucket>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    pub per_second: f64,
+    pub burst: Option<f64>,
 }
 
 /// An MCP route as an OAuth protected resource.

@@ -231,6 +231,10 @@ pub struct RouteSpec {
     pub approval: Option<ApprovalSpec>,
     /// Set on `kind: mcp` routes.
     pub mcp: Option<McpSpec>,
+    /// Per agent on this route.
+    pub agent_rate: Option<crate::ratelimit::Rate>,
+    /// Per agent and tool (`tools/call` on MCP routes).
+    pub tool_rate: Option<crate::ratelimit::Rate>,
 }
 
 /// An MCP route: its RFC 9728 protected-resource metadata.

@@ -20,6 +20,7 @@ use super::model::{
     ServerSpec, TlsFiles, UpstreamTimeouts, VaultSpec,
 };
 use super::{ConfigError, Source};
+use crate::ratelimit::Rate;
 use crate::roles::RoleMap;
 
 /// Largest body a route may read for its policy; pingora's retry buffer holds this much.
@@ -471,6 +472,38 @@ fn route(
             ))
         }
     };
+    let rate = |name: &str, b: Option<file::Bucket>| -> Result<Option<Rate>, ConfigError> {
+        let Some(b) = b else { return Ok(None) };
+        let burst = b.burst.unwrap_or(b.per_second.max(1.0));
+        if !(b.per_second > 0.0 && b.per_second.is_finite() && burst >= 1.0 && burst.is_finite()) {
+            return Err(src.error(
+                &format!("{at}.rate_limit.{name}"),
+                "need per_second > 0 and burst >= 1",
+            ));
+        }
+        Ok(Some(Rate {
+            per_second: b.per_second,
+            burst,
+        }))
+    };
+    let (agent_rate, tool_rate) = match r.rate_limit {
+        Some(_) if auth.is_none() => {
+            return Err(src.error(
+                &format!("{at}.rate_limit"),
+                "rate limits are per agent: the route needs `auth:`",
+            ))
+        }
+        Some(l) => {
+            if l.tool.is_some() && mcp.is_none() {
+                return Err(src.error(
+                    &format!("{at}.rate_limit.tool"),
+                    "per-tool limits need a `kind: mcp` route",
+                ));
+            }
+            (rate("agent", l.agent)?, rate("tool", l.tool)?)
+        }
+        None => (None, None),
+    };
     let ms = |v: Option<u64>| v.map(Duration::from_millis);
     Ok(RouteSpec {
         name: Arc::from(r.name.as_str()),
@@ -494,6 +527,8 @@ fn route(
         credentials,
         approval,
         mcp,
+        agent_rate,
+        tool_rate,
     })
 }
 

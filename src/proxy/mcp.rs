@@ -63,13 +63,22 @@ fn decide(
     verified: &Verified,
     m: &Message,
 ) -> Result<Option<ApprovalRequest>, Refusal> {
-    if route.policy.is_none() || m.method.is_none() {
-        return Ok(None); // no policy, or a response to a server request
+    if m.method.is_none() {
+        return Ok(None); // a response to a server request
+    }
+    let limited = |ok| match m.tool() {
+        Some(t) => g
+            .rate_check(route, verified.identity.agent.as_deref(), Some(t))
+            .map(|_| ok),
+        None => Ok(ok),
+    };
+    if route.policy.is_none() {
+        return limited(None);
     }
     match g.decide(index, verified, info(req, route, m.policy_input())) {
-        Ok(Decision::Allow) => Ok(None),
+        Ok(Decision::Allow) => limited(None),
         Ok(Decision::Deny(r)) => Err(r),
-        Ok(Decision::RequireApproval(a)) => Ok(Some(a)),
+        Ok(Decision::RequireApproval(a)) => limited(Some(a)),
         Err(detail) => {
             g.metrics.route(&route.name).policy_errors.inc();
             tracing::warn!(route = %route.name, error = %detail, "policy evaluation failed; denying");

@@ -322,3 +322,47 @@ fn tool_call_approval_and_exchanged_token_on_an_mcp_route() {
     assert_ne!(code, 0);
     assert!((out + &err).contains("the user denied this request"));
 }
+
+#[test]
+fn rate_limits_per_agent_and_per_tool() {
+    let op = shared_op();
+    let server = McpServer::start(true);
+    let yaml = yaml(&op.url(), &op.issuer, &server).replace(
+        "    mcp: { resource:",
+        "    rate_limit: { agent: { per_second: 0.1, burst: 6 }, tool: { per_second: 0.1, burst: 2 } }\n    mcp: { resource:",
+    );
+    let gw = Gw::start(&yaml);
+    let t = token(&gw, "invoices:read");
+    let call = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"read_invoice","arguments":{"invoice_id":"INV-1"}}}"#;
+    // Per agent and tool: the third call in a row is a JSON-RPC error with a retry hint.
+    for _ in 0..2 {
+        let (status, body) = post(&gw, &t, call, &[]);
+        assert!(body["error"]["code"] != -32003, "{status} {body}");
+    }
+    let (status, body) = post(&gw, &t, call, &[]);
+    assert_eq!(
+        (status, body["error"]["code"].as_i64()),
+        (200, Some(-32003)),
+        "{body}"
+    );
+    assert_eq!(body["id"], 5);
+    assert!(
+        body["error"]["data"]["retry_after"].as_u64().unwrap() >= 1,
+        "{body}"
+    );
+    // Other methods still pass until the agent's own bucket (6) is empty: then HTTP 429.
+    let list = r#"{"jsonrpc":"2.0","id":6,"method":"tools/list"}"#;
+    let mut last = 0;
+    for _ in 0..4 {
+        last = post(&gw, &t, list, &[]).0;
+    }
+    assert_eq!(last, 429);
+    let r = client()
+        .post(gw.url("/mcp"))
+        .bearer_auth(&t)
+        .body(list)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+}

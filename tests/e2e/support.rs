@@ -16,12 +16,24 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A free loopback port, never handed out twice by this process. Ports come from below the
+/// kernel's ephemeral range (32768+), so outgoing connections cannot take one between this
+/// check and the child process binding it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 600) as u16 * 20;
+    let _ = NEXT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let mut p = NEXT.fetch_add(1, Ordering::SeqCst);
+        if p >= 32_000 {
+            p = 20_000 + p % 12_000;
+            NEXT.store(p + 1, Ordering::SeqCst);
+        }
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 pub fn client() -> reqwest::blocking::Client {
@@ -36,6 +48,26 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     while start.elapsed() < timeout {
         if ready() {
             return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} not ready after {timeout:?}");
+}
+
+/// Wait until `ready`; false if `child` exited first (e.g. its port was taken meanwhile).
+fn wait_child(
+    what: &str,
+    child: &mut Child,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready() {
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
         }
         thread::sleep(Duration::from_millis(50));
     }
@@ -62,6 +94,17 @@ impl Op {
     }
 
     fn start_with(port: u16, issuer: Option<&str>, env: &[(&str, &str)]) -> Op {
+        for attempt in 0..3 {
+            // Retry on a fresh port only when the port was ours to choose.
+            let port = if attempt == 0 { port } else { free_port() };
+            if let Some(op) = Op::try_start(port, issuer, env) {
+                return op;
+            }
+        }
+        panic!("the OpenID Provider did not start");
+    }
+
+    fn try_start(port: u16, issuer: Option<&str>, env: &[(&str, &str)]) -> Option<Op> {
         let peers = repo().join("tests/peers");
         assert!(
             peers.join("node_modules/oidc-provider").is_dir(),
@@ -79,19 +122,20 @@ impl Op {
             .stderr(Stdio::null())
             .spawn()
             .expect("start node (is Node.js installed?)");
-        let op = Op {
+        let mut op = Op {
             child: Some(child),
             port,
             issuer,
         };
         let url = format!("{}/.well-known/openid-configuration", op.url());
-        wait_for("OpenID Provider", Duration::from_secs(20), || {
+        let child = op.child.as_mut().unwrap();
+        let up = wait_child("OpenID Provider", child, Duration::from_secs(60), || {
             client()
                 .get(&url)
                 .send()
                 .is_ok_and(|r| r.status().is_success())
         });
-        op
+        up.then_some(op)
     }
 
     pub fn start() -> Op {
@@ -387,6 +431,15 @@ impl Gw {
 
     /// Start with extra environment variables (secrets the config names).
     pub fn start_env(yaml: &str, wait_ready: bool, env: &[(&str, &str)]) -> Gw {
+        for _ in 0..3 {
+            if let Some(gw) = Gw::try_start(yaml, wait_ready, env) {
+                return gw;
+            }
+        }
+        panic!("the gateway did not start");
+    }
+
+    fn try_start(yaml: &str, wait_ready: bool, env: &[(&str, &str)]) -> Option<Gw> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
@@ -405,7 +458,7 @@ impl Gw {
             .stderr(log)
             .spawn()
             .unwrap();
-        let gw = Gw {
+        let mut gw = Gw {
             child,
             port,
             admin_port,
@@ -413,13 +466,13 @@ impl Gw {
         };
         let probe = if wait_ready { "readyz" } else { "healthz" };
         let url = format!("{}/{probe}", gw.admin_url());
-        wait_for("gateway", Duration::from_secs(20), || {
+        let up = wait_child("gateway", &mut gw.child, Duration::from_secs(60), || {
             client()
                 .get(&url)
                 .send()
                 .is_ok_and(|r| r.status().is_success())
         });
-        gw
+        up.then_some(gw)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -509,7 +562,7 @@ impl McpServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_for("MCP server", Duration::from_secs(30), || {
+        wait_for("MCP server", Duration::from_secs(60), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         McpServer {
