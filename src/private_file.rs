@@ -1,11 +1,14 @@
 //! Files only this process's user may read: the vault and the approval store. A missing file
 //! is created with mode 0600; an existing one (or its SQLite WAL/SHM companion) that group or
-//! others may access is refused.
+//! others may access is refused. `open_sqlite` opens such a file as a durable SQLite database.
 
 use std::fs::{self, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 #[derive(Debug)]
 pub enum PrivateFileError {
@@ -15,6 +18,52 @@ pub enum PrivateFileError {
         path: PathBuf,
         mode: u32,
     },
+    Sqlite(String),
+    /// The file was written by a newer schema.
+    UnsupportedSchema {
+        found: i64,
+        supported: i64,
+    },
+}
+
+impl From<rusqlite::Error> for PrivateFileError {
+    fn from(e: rusqlite::Error) -> Self {
+        PrivateFileError::Sqlite(e.to_string())
+    }
+}
+
+/// Open (or create) a private SQLite file: WAL, 5 s busy time-out, `synchronous=FULL` (a
+/// lost write could be a rotated refresh token or a used approval), `secure_delete`, and
+/// `schema` applied at `version` (a newer file is refused).
+pub fn open_sqlite(
+    path: &Path,
+    schema: &str,
+    version: i64,
+) -> Result<Connection, PrivateFileError> {
+    create_or_check(path)?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(PrivateFileError::Sqlite(format!(
+            "cannot enable WAL journal mode (got '{mode}')"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > version {
+        return Err(PrivateFileError::UnsupportedSchema {
+            found,
+            supported: version,
+        });
+    }
+    tx.execute_batch(schema)?;
+    tx.pragma_update(None, "user_version", version)?;
+    tx.commit()?;
+    Ok(conn)
 }
 
 /// Create `path` 0600 if missing; check it and its `-wal`/`-shm` companions.

@@ -9,21 +9,18 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use aws_lc_rs::{digest, rand};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, ToSql, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, TransactionBehavior};
 
 use crate::private_file::{self, PrivateFileError};
 use crate::secret::Secret;
 
 /// Written to `PRAGMA user_version`; a file with a higher version is refused.
 const SCHEMA_VERSION: i64 = 1;
-/// How long a statement waits for another connection holding the database lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS approvals (id TEXT PRIMARY KEY NOT NULL, route TEXT NOT NULL,
@@ -262,29 +259,7 @@ impl ApprovalStore {
     /// (or WAL/SHM companion) that group or others may access is refused. Creates the schema
     /// and refuses a file from a newer schema version.
     pub fn open(path: &Path) -> Result<ApprovalStore, ApprovalStoreError> {
-        create_or_check(path)?;
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = Connection::open_with_flags(path, flags)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            let msg = format!("cannot enable WAL journal mode (got '{mode}')");
-            return Err(ApprovalStoreError::Sqlite(msg));
-        }
-        // FULL: a `used` mark lost in a crash would let an approval be replayed.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "secure_delete", "ON")?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if found > SCHEMA_VERSION {
-            return Err(ApprovalStoreError::UnsupportedSchema {
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        tx.execute_batch(SCHEMA)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        tx.commit()?;
+        let conn = open_sqlite(path)?;
         let conn = Mutex::new(conn);
         Ok(ApprovalStore { conn })
     }
@@ -491,12 +466,16 @@ fn to_i64(name: &str, value: u64) -> Result<i64, ApprovalStoreError> {
         .map_err(|_| ApprovalStoreError::InvalidArgument(format!("{name} is out of range")))
 }
 
-/// Creates the file 0600 if it is missing; refuses one that group or others may access.
-fn create_or_check(path: &Path) -> Result<(), ApprovalStoreError> {
-    private_file::create_or_check(path).map_err(|e| match e {
+/// `private_file::open_sqlite`, with this store's errors.
+fn open_sqlite(path: &Path) -> Result<Connection, ApprovalStoreError> {
+    private_file::open_sqlite(path, SCHEMA, SCHEMA_VERSION).map_err(|e| match e {
         PrivateFileError::Io(m) => ApprovalStoreError::Io(m),
         PrivateFileError::Insecure { path, mode } => {
             ApprovalStoreError::InsecurePermissions { path, mode }
+        }
+        PrivateFileError::Sqlite(m) => ApprovalStoreError::Sqlite(m),
+        PrivateFileError::UnsupportedSchema { found, supported } => {
+            ApprovalStoreError::UnsupportedSchema { found, supported }
         }
     })
 }

@@ -7,10 +7,10 @@
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::ToSql;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use super::keys::OpenFailure;
@@ -19,8 +19,6 @@ use crate::private_file::{self, PrivateFileError};
 
 /// Written to `PRAGMA user_version`; a file with a higher version is refused.
 const SCHEMA_VERSION: i64 = 1;
-/// How long a statement waits for another connection holding the database lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS vault_keys (key_id TEXT PRIMARY KEY NOT NULL, nonce BLOB NOT NULL,
@@ -174,28 +172,8 @@ impl VaultStore {
     /// every key id used by a credential must be configured ([`VaultError::UnknownKeyId`]).
     /// Registers the primary key's check row if it is new.
     pub fn open(path: &Path, keys: VaultKeys) -> Result<VaultStore, VaultError> {
-        create_or_check(path)?;
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = Connection::open_with_flags(path, flags)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            let msg = format!("cannot enable WAL journal mode (got '{mode}')");
-            return Err(VaultError::Sqlite(msg));
-        }
-        // FULL: a lost write could be a rotated refresh token. secure_delete: no stale pages.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "secure_delete", "ON")?;
+        let mut conn = open_sqlite(path)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if found > SCHEMA_VERSION {
-            return Err(VaultError::UnsupportedSchema {
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        tx.execute_batch(SCHEMA)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         verify_keys(&tx, &keys)?;
         ensure_check_row(&tx, &keys)?;
         tx.commit()?;
@@ -423,11 +401,15 @@ fn now() -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
-/// Creates the file 0600 if it is missing; refuses one that group or others may access.
-fn create_or_check(path: &Path) -> Result<(), VaultError> {
-    private_file::create_or_check(path).map_err(|e| match e {
+/// `private_file::open_sqlite`, with this store's errors.
+fn open_sqlite(path: &Path) -> Result<Connection, VaultError> {
+    private_file::open_sqlite(path, SCHEMA, SCHEMA_VERSION).map_err(|e| match e {
         PrivateFileError::Io(m) => VaultError::Io(m),
         PrivateFileError::Insecure { path, mode } => VaultError::InsecurePermissions { path, mode },
+        PrivateFileError::Sqlite(m) => VaultError::Sqlite(m),
+        PrivateFileError::UnsupportedSchema { found, supported } => {
+            VaultError::UnsupportedSchema { found, supported }
+        }
     })
 }
 
