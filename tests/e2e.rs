@@ -15,6 +15,8 @@ mod credentials;
 mod jwks;
 #[path = "e2e/mcp.rs"]
 mod mcp;
+#[path = "e2e/mcp_peer.rs"]
+mod mcp_peer;
 #[path = "e2e/policy.rs"]
 mod policy;
 #[path = "e2e/proxy.rs"]

@@ -5,7 +5,8 @@ use std::io::{Read, Write};
 
 use serde_json::{json, Value};
 
-use crate::support::{client, config, mcp_client, shared_op, Gw, McpServer};
+use crate::mcp_peer::{mcp_client, McpServer};
+use crate::support::{client, config, shared_op, Gw};
 
 fn yaml(op_url: &str, issuer: &str, server: &McpServer) -> String {
     let routes = r#"  - name: mcp
