@@ -5,6 +5,8 @@ mod support;
 
 #[path = "e2e/approval.rs"]
 mod approval;
+#[path = "e2e/attacks.rs"]
+mod attacks;
 #[path = "e2e/auth.rs"]
 mod auth;
 #[path = "e2e/cli.rs"]
