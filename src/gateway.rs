@@ -227,19 +227,12 @@ impl Gateway {
             .map(|a| a.client)
     }
 
-    pub fn route_index_by_name(&self, name: &str) -> usize {
+    /// Position of `route` (one of this configuration's routes) in route order.
+    pub fn route_index(&self, route: &RouteSpec) -> usize {
         self.config
             .routes
             .iter()
-            .position(|r| *r.name == *name)
-            .unwrap_or(0)
-    }
-
-    pub fn route_index(&self, route: &Arc<RouteSpec>) -> usize {
-        self.config
-            .routes
-            .iter()
-            .position(|r| Arc::ptr_eq(r, route))
+            .position(|r| std::ptr::eq(&**r, route))
             .unwrap_or(0)
     }
 }

@@ -115,7 +115,7 @@ pub async fn authorize(
     let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
     rpc::check_headers(&parsed, header("mcp-method"), header("mcp-name"))
         .map_err(|e| rpc_refusal(400, "mcp_header_mismatch", e))?;
-    let index = g.route_index_by_name(&route.name);
+    let index = g.route_index(route);
     match &parsed {
         Body::Single(m) => {
             ctx.rpc_id = Some(m.id.clone());
@@ -194,7 +194,7 @@ fn may_call(
     };
     let mut input = m.policy_input();
     input["listing"] = json!(true);
-    let index = g.route_index_by_name(&route.name);
+    let index = g.route_index(route);
     let ok = matches!(
         g.decide(index, verified, info(req, route, input)),
         Ok(Decision::Allow | Decision::RequireApproval(_))

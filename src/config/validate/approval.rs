@@ -10,6 +10,7 @@ use super::super::model::{
     ApprovalLimits, ApprovalMode, ApprovalSpec, ClientSpec, LoginHint, RouteSpec,
 };
 use super::super::{ConfigError, Source};
+use super::credentials::client_index;
 use super::MAX_POLICY_BODY;
 
 pub fn limits(
@@ -39,15 +40,7 @@ pub fn approval(
     a: file::Approval,
     clients: &[Arc<ClientSpec>],
 ) -> Result<ApprovalSpec, ConfigError> {
-    let client = clients
-        .iter()
-        .position(|c| *c.name == *a.client)
-        .ok_or_else(|| {
-            src.error(
-                &format!("{at}.client"),
-                format!("unknown client '{}'", a.client),
-            )
-        })?;
+    let client = client_index(src, &format!("{at}.client"), &a.client, clients)?;
     let url = url::Url::parse(&a.backchannel_endpoint).map_err(|e| {
         src.error(
             &format!("{at}.backchannel_endpoint"),

@@ -158,7 +158,8 @@ pub fn clients(
     Ok(out)
 }
 
-fn client_index(
+/// Index of client `name`, or an error listing the known clients.
+pub fn client_index(
     src: &Source,
     at: &str,
     name: &str,
