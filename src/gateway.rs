@@ -86,8 +86,13 @@ impl Gateway {
             .iter()
             .filter_map(|r| r.policy.as_deref())
             .collect();
-        let policies = PolicySet::load(&config.policy_dir, &packages, config.policy_timeout)
-            .map_err(|e| policy_error(&source, &config, e))?;
+        let policies = PolicySet::load(
+            &config.policy_dir,
+            &packages,
+            config.policy_timeout,
+            config.policy_engine,
+        )
+        .map_err(|e| policy_error(&source, &config, e))?;
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))

@@ -10,6 +10,11 @@ use portcullis::gateway::Gateway;
 use portcullis::policy::testing;
 use portcullis::vault::cli::VaultCommand;
 
+/// mimalloc: Rego evaluation and JSON handling allocate a lot; measured ~23% fewer
+/// instructions per Rego decision than the system allocator (README, "Benchmarks").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",

@@ -196,6 +196,8 @@ pub struct Policies {
     pub dir: Option<String>,
     /// Wall-clock limit of one evaluation. Default 50 ms.
     pub timeout_ms: Option<u64>,
+    /// `vm` (default) or `interpreter`.
+    pub engine: Option<crate::config::model::PolicyEngine>,
 }
 
 #[derive(Debug, Default, Deserialize)]

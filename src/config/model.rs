@@ -20,6 +20,7 @@ pub struct Config {
     pub server: ServerSpec,
     pub policy_dir: PathBuf,
     pub policy_timeout: Duration,
+    pub policy_engine: PolicyEngine,
     pub token_cache_entries: usize,
     pub jwks_max_bytes: usize,
     pub issuers: Vec<Arc<IssuerSpec>>,
@@ -29,6 +30,19 @@ pub struct Config {
     /// Bearer secret of the admin API's `/vault` endpoints (absent: those endpoints are off).
     pub admin_token: Option<Secret>,
     pub routes: Vec<Arc<RouteSpec>>,
+}
+
+/// How Rego decisions are evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyEngine {
+    /// regorus's Rego virtual machine (RVM): each route's `decision` compiled to bytecode at
+    /// load; a package the VM cannot compile, or that answers the warm-up input differently
+    /// from the interpreter, falls back to the interpreter (logged).
+    #[default]
+    Vm,
+    /// regorus's tree-walking interpreter, on a clone of the prepared engine per request.
+    Interpreter,
 }
 
 /// An OAuth client of the gateway (token exchange, refresh).

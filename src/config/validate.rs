@@ -130,6 +130,7 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
         server,
         policy_dir,
         policy_timeout,
+        policy_engine: raw.policies.engine.unwrap_or_default(),
         token_cache_entries: positive(
             src,
             "limits.token_cache_entries",

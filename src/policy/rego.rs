@@ -1,15 +1,23 @@
 //! Rego with regorus: every `*.rego` under the policy directory is compiled into one engine at
-//! load time and warmed up; each request evaluates a clone of that prepared engine under a
-//! wall-clock limit. Undefined results, errors and time-outs never allow.
+//! load time and warmed up. Each route's `decision` rule is then compiled to regorus's Rego VM
+//! (RVM) bytecode, and each request runs a fresh VM on that shared program; with
+//! `engine: interpreter` (or for a package the VM cannot take) a request evaluates a clone of
+//! the prepared engine instead. Both run under a wall-clock limit. Undefined results, errors
+//! and time-outs never allow.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::{Program, RegoVM};
 use regorus::utils::limits::ExecutionTimerConfig;
-use regorus::{Engine, Value};
+use regorus::{CompiledPolicy, Engine, Value};
 
 use super::{ApprovalRequest, Decision, Refusal};
+use crate::config::model::PolicyEngine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyLoadError {
@@ -30,6 +38,38 @@ pub enum PolicyLoadError {
 pub struct PolicySet {
     engine: Engine,
     files: Vec<PathBuf>,
+    /// RVM programs by entry point (`data.<package>.decision`).
+    programs: HashMap<String, VmProgram>,
+    timer: Option<ExecutionTimerConfig>,
+}
+
+#[derive(Clone)]
+struct VmProgram {
+    policy: CompiledPolicy,
+    program: Arc<Program>,
+}
+
+impl VmProgram {
+    fn compile(engine: &Engine, entry: &str) -> Result<VmProgram, String> {
+        let mut engine = engine.clone();
+        let policy = engine
+            .compile_with_entrypoint(&entry.into())
+            .map_err(|e| e.to_string())?;
+        let program =
+            Compiler::compile_from_policy(&policy, &[entry]).map_err(|e| e.to_string())?;
+        Ok(VmProgram { policy, program })
+    }
+
+    fn run(&self, input: Value, timer: Option<ExecutionTimerConfig>) -> Result<Value, String> {
+        let mut vm = RegoVM::new_with_policy(self.policy.clone());
+        vm.load_program(Arc::clone(&self.program));
+        vm.set_strict_builtin_errors(true);
+        // The wall-clock limit bounds evaluation, as with the interpreter.
+        vm.set_max_instructions(usize::MAX);
+        vm.set_execution_timer_config(timer);
+        vm.set_input(input);
+        vm.execute().map_err(|e| e.to_string())
+    }
 }
 
 /// Longest `binding_message` (Auth0's limit).
@@ -78,18 +118,23 @@ impl PolicySet {
         dir: &Path,
         packages: &[&str],
         timeout: Duration,
+        kind: PolicyEngine,
     ) -> Result<PolicySet, PolicyLoadError> {
+        let timer = ExecutionTimerConfig {
+            limit: timeout,
+            check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
+        };
         if packages.is_empty() && !dir.is_dir() {
             return Ok(PolicySet {
                 engine: Engine::new(),
                 files: Vec::new(),
+                programs: HashMap::new(),
+                timer: Some(timer),
             });
         }
         let (mut engine, files) = engine_for_dir(dir, false)?;
-        engine.set_execution_timer_config(ExecutionTimerConfig {
-            limit: timeout,
-            check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
-        });
+        engine.set_execution_timer_config(timer);
+        let mut programs = HashMap::new();
         let declared = engine
             .get_packages()
             .map_err(|e| PolicyLoadError::Compile {
@@ -114,12 +159,40 @@ impl PolicySet {
                         package: package.to_string(),
                         msg: format!("data.{package}.decision: {e}"),
                     })?;
-            drop(result);
             // Prepare the shared engine too, so per-request clones start analysed.
             engine.set_input(sample_input());
             let _ = engine.eval_rule(entrypoint(package));
+            if kind == PolicyEngine::Vm {
+                let entry = entrypoint(package);
+                match VmProgram::compile(&engine, &entry)
+                    .and_then(|p| p.run(sample_input(), Some(timer)).map(|v| (p, v)))
+                {
+                    Ok((program, answer)) if answer == result => {
+                        programs.insert(entry, program);
+                    }
+                    Ok((_, answer)) => tracing::warn!(
+                        package = %package,
+                        vm = %answer, interpreter = %result,
+                        "the Rego VM answers the warm-up input differently; using the interpreter"
+                    ),
+                    Err(e) => tracing::warn!(
+                        package = %package, error = %e,
+                        "the Rego VM cannot run this package; using the interpreter"
+                    ),
+                }
+            }
         }
-        Ok(PolicySet { engine, files })
+        Ok(PolicySet {
+            engine,
+            files,
+            programs,
+            timer: Some(timer),
+        })
+    }
+
+    /// Whether `entrypoint` runs on the Rego VM (else on the interpreter).
+    pub fn on_vm(&self, entrypoint: &str) -> bool {
+        self.programs.contains_key(entrypoint)
     }
 
     pub fn files(&self) -> &[PathBuf] {
@@ -128,11 +201,16 @@ impl PolicySet {
 
     /// Evaluate `data.<package>.decision` on `input`.
     pub fn decide(&self, entrypoint: &str, input: Value) -> Result<Decision, String> {
-        let mut engine = self.engine.clone();
-        engine.set_input(input);
-        let value = engine
-            .eval_rule(entrypoint.to_string())
-            .map_err(|e| e.to_string())?;
+        let value = match self.programs.get(entrypoint) {
+            Some(program) => program.run(input, self.timer)?,
+            None => {
+                let mut engine = self.engine.clone();
+                engine.set_input(input);
+                engine
+                    .eval_rule(entrypoint.to_string())
+                    .map_err(|e| e.to_string())?
+            }
+        };
         interpret(&value)
     }
 }
@@ -237,9 +315,13 @@ fn approval_request(a: &Value) -> Result<ApprovalRequest, String> {
 #[cfg(test)]
 mod tests {
     use super::{interpret, PolicySet};
+    use crate::config::model::PolicyEngine;
     use crate::policy::{Decision, Refusal};
     use regorus::Value;
     use std::time::Duration;
+
+    const MS_20: Duration = Duration::from_millis(20);
+    const MS_50: Duration = Duration::from_millis(50);
 
     fn v(json: &str) -> Value {
         Value::from_json_str(json).unwrap()
@@ -307,8 +389,9 @@ mod tests {
              slow if { some i in numbers.range(1, 100000000); i < 0 }\n\
              loop := {\"allow\": true} if { slow }\n",
         )]);
-        assert!(PolicySet::load(dir.path(), &["nope"], Duration::from_millis(50)).is_err());
-        let set = PolicySet::load(dir.path(), &["p"], Duration::from_millis(20)).unwrap();
+        assert!(PolicySet::load(dir.path(), &["nope"], MS_50, PolicyEngine::Vm).is_err());
+        let set = PolicySet::load(dir.path(), &["p"], MS_20, PolicyEngine::Vm).unwrap();
+        assert!(set.on_vm("data.p.decision"));
         let input = v(r#"{"request":{"method":"GET"}}"#);
         assert_eq!(
             set.decide("data.p.decision", input.clone()),
@@ -316,5 +399,133 @@ mod tests {
         );
         // A runaway rule hits the time limit and errors (the gateway then denies).
         assert!(set.decide("data.p.loop", input).is_err());
+    }
+
+    #[test]
+    fn vm_time_limit_denies() {
+        let dir = policy_dir(&[(
+            "q.rego",
+            "package q\ndefault decision := {\"allow\": false}\n\
+             decision := {\"allow\": true} if {\n\
+               some i in numbers.range(1, 20000)\n\
+               some j in numbers.range(1, 20000)\n\
+               i + j < 0\n\
+             }\n",
+        )]);
+        // The warm-up input runs into the limit too: loading reports it.
+        let err = PolicySet::load(dir.path(), &["q"], MS_20, PolicyEngine::Vm)
+            .err()
+            .expect("a runaway decision fails to load");
+        assert!(err.to_string().contains("data.q.decision"), "{err}");
+    }
+
+    /// The repository's policies answer the same on the VM and on the interpreter, for
+    /// inputs covering each of their branches.
+    #[test]
+    fn vm_and_interpreter_agree_on_the_example_policies() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let packages = ["invoices", "mcp_invoices", "calendar"];
+        let vm = PolicySet::load(&dir, &packages, MS_50, PolicyEngine::Vm).unwrap();
+        let interp = PolicySet::load(&dir, &packages, MS_50, PolicyEngine::Interpreter).unwrap();
+        for p in packages {
+            assert!(vm.on_vm(&super::entrypoint(p)), "{p} runs on the VM");
+            assert!(!interp.on_vm(&super::entrypoint(p)));
+        }
+        let subject = |scopes: &str, dept: &str| {
+            format!(
+                r#"{{"sub":"alice","agent":"agent-1","scopes":[{scopes}],"claims":{{"dept":"{dept}"}}}}"#
+            )
+        };
+        let read = r#""invoices:read""#;
+        let both = r#""invoices:read","invoices:pay""#;
+        let mut cases: Vec<(&str, String)> = Vec::new();
+        for (method, path, body, scopes, dept) in [
+            ("GET", "/invoices/finance/INV-1", "null", read, "finance"),
+            ("GET", "/invoices/sales/INV-1", "null", read, "finance"),
+            ("GET", "/invoices/finance/INV-1", "null", "", "finance"),
+            (
+                "POST",
+                "/invoices/finance/INV-1/pay",
+                r#"{"amount":10}"#,
+                read,
+                "finance",
+            ),
+            (
+                "POST",
+                "/invoices/finance/INV-1/pay",
+                r#"{"amount":10}"#,
+                both,
+                "finance",
+            ),
+            (
+                "POST",
+                "/invoices/finance/INV-1/pay",
+                r#"{"amount":5000,"currency":"USD"}"#,
+                both,
+                "finance",
+            ),
+            (
+                "POST",
+                "/invoices/finance/INV-1/pay",
+                r#"{"amount":"x"}"#,
+                both,
+                "finance",
+            ),
+            ("DELETE", "/invoices", "null", both, "finance"),
+        ] {
+            let doc = format!(
+                r#"{{"request":{{"method":"{method}","path":"{path}"}},"body":{body},"subject":{}}}"#,
+                subject(scopes, dept)
+            );
+            cases.push(("invoices", doc));
+        }
+        for (method, tool, args, scopes) in [
+            ("tools/list", "", "{}", read),
+            ("tools/call", "read_invoice", r#"{"id":"INV-1"}"#, read),
+            ("tools/call", "read_invoice", r#"{"id":"INV-1"}"#, ""),
+            ("tools/call", "delete_all", "{}", both),
+            (
+                "tools/call",
+                "pay_invoice",
+                r#"{"invoice_id":"INV-9","amount":50}"#,
+                read,
+            ),
+            (
+                "tools/call",
+                "pay_invoice",
+                r#"{"invoice_id":"INV-9","amount":50}"#,
+                both,
+            ),
+            (
+                "tools/call",
+                "pay_invoice",
+                r#"{"invoice_id":"INV-9","amount":5000}"#,
+                both,
+            ),
+            ("tools/call", "unknown", "{}", both),
+        ] {
+            let doc = format!(
+                r#"{{"mcp":{{"method":"{method}","tool":"{tool}","arguments":{args}}},"subject":{}}}"#,
+                subject(scopes, "finance")
+            );
+            cases.push(("mcp_invoices", doc));
+        }
+        for cred in [
+            r#"{"mode":"token_vault","connection":"google-oauth2"}"#,
+            r#"{"mode":"vault","connection":"github"}"#,
+            "null",
+        ] {
+            let doc = format!(
+                r#"{{"request":{{"method":"GET","path":"/calendar/events"}},"credentials":{cred},"subject":{}}}"#,
+                subject(read, "finance")
+            );
+            cases.push(("calendar", doc));
+        }
+        for (package, doc) in cases {
+            let entry = super::entrypoint(package);
+            let a = vm.decide(&entry, v(&doc));
+            let b = interp.decide(&entry, v(&doc));
+            assert_eq!(a, b, "{package}: {doc}");
+        }
     }
 }
