@@ -264,7 +264,7 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Recorded>>>,
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Recorded> {
+pub fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Recorded> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
@@ -473,6 +473,11 @@ impl Gw {
                 .is_ok_and(|r| r.status().is_success())
         });
         up.then_some(gw)
+    }
+
+    /// Process id (to send signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn url(&self, path: &str) -> String {
