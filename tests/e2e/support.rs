@@ -217,6 +217,15 @@ impl Op {
         s["jwks"].as_u64().unwrap()
     }
 
+    /// Rotate the OP's signing keys (the previous ones stay published).
+    pub fn rotate(&self) {
+        let r = client()
+            .post(format!("{}/test/rotate", self.url()))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
