@@ -125,7 +125,10 @@ impl Gateway {
                 k.load_file()
                     .map_err(|e| source.error(&format!("issuers[{i}].jwks_file"), e))?;
             } else if let Some(old) =
-                previous.and_then(|p| p.verifier.issuers.iter().find(|o| o.spec.name == spec.name))
+                // Same JWKS URI (and `iss`, checked by `adopt`), whatever the issuer's name.
+                previous.and_then(|p| {
+                    p.verifier.issuers.iter().find(|o| o.spec.keys == spec.keys)
+                })
             {
                 k.adopt(old);
             }
