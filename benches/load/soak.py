@@ -306,7 +306,8 @@ def main():
             "events": events,
             "reloads_ok": int(metric(admin, 'portcullis_config_reloads_total{outcome="ok"}')),
             "reloads_error": reload_errors,
-            "op_jwks_fetches": op_stats["jwks"],
+            "gateway_jwks_fetches": int(metric(admin, 'portcullis_jwks_refresh_total{issuer="corp",outcome="success"}')),
+            "op_jwks_requests": op_stats["jwks"],  # includes this script's readiness probe
             "op_token_requests": op_stats["token"],
             "rss_kib": {
                 "start": rss[0][1],
