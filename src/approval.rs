@@ -202,6 +202,17 @@ impl Approvals {
         }
     }
 
+    /// After a reload: count against the limits the approvals `old` still holds (their
+    /// pollers keep running; they release their slots in the shared counts).
+    pub fn carry_pending(&mut self, old: &Approvals) {
+        self.counts = old.counts.clone();
+    }
+
+    /// The async-approval store, if configured.
+    pub fn store(&self) -> Option<&Arc<ApprovalStore>> {
+        self.store.as_ref()
+    }
+
     /// Pending approvals held by this process.
     pub fn pending(&self) -> usize {
         self.counts.total.load(Ordering::SeqCst)

@@ -29,7 +29,8 @@ pub struct Gateway {
     pub verifier: Verifier,
     pub credentials: Credentials,
     pub approvals: Approvals,
-    pub rate_limits: crate::ratelimit::RateLimiter,
+    /// Shared with the configurations reloaded from this one.
+    pub rate_limits: Arc<crate::ratelimit::RateLimiter>,
     pub metrics: Metrics,
 }
 
@@ -70,17 +71,31 @@ impl Gateway {
     /// Load and validate `path`, compile its policies, load file-based keys and open (or
     /// create) the vault. Nothing is fetched from the network.
     pub fn load(path: &Path) -> Result<Gateway, ConfigError> {
-        Gateway::load_with(path, true)
+        Gateway::load_with(path, true, None)
+    }
+
+    /// Load `path` again to replace `old` (a reload): settings that cannot change while
+    /// running must be unchanged; metrics, rate-limit buckets, pending-approval counts, the
+    /// approval store and the JWKS of unchanged issuers carry over. Caches start empty.
+    pub fn reload(path: &Path, old: &Gateway) -> Result<Gateway, ConfigError> {
+        Gateway::load_with(path, true, Some(old))
     }
 
     /// As `load`, for `portcullis check`: an existing vault is opened (so a wrong key is
     /// reported), a missing one is not created.
     pub fn check(path: &Path) -> Result<Gateway, ConfigError> {
-        Gateway::load_with(path, false)
+        Gateway::load_with(path, false, None)
     }
 
-    fn load_with(path: &Path, create_vault: bool) -> Result<Gateway, ConfigError> {
+    fn load_with(
+        path: &Path,
+        create_vault: bool,
+        previous: Option<&Gateway>,
+    ) -> Result<Gateway, ConfigError> {
         let (source, config) = config::load(path)?;
+        if let Some(old) = previous {
+            crate::reload::unchanged_at_runtime(&source, &old.config, &config)?;
+        }
         let packages: Vec<&str> = config
             .routes
             .iter()
@@ -98,7 +113,11 @@ impl Gateway {
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| source.error("issuers", format!("cannot build HTTP client: {e}")))?;
-        let metrics = Metrics::new(config.routes.iter().map(|r| &*r.name));
+        let route_names = config.routes.iter().map(|r| &*r.name);
+        let metrics = match previous {
+            Some(old) => old.metrics.for_routes(route_names),
+            None => Metrics::new(route_names),
+        };
         let mut keys = Vec::new();
         for (i, spec) in config.issuers.iter().enumerate() {
             let k = Arc::new(IssuerKeys::new(
@@ -110,6 +129,13 @@ impl Gateway {
             if let KeySource::File(_) = spec.keys {
                 k.load_file()
                     .map_err(|e| source.error(&format!("issuers[{i}].jwks_file"), e))?;
+            } else if let Some(old) =
+                // Same JWKS URI (and `iss`, checked by `adopt`), whatever the issuer's name.
+                previous.and_then(|p| {
+                    p.verifier.issuers.iter().find(|o| o.spec.keys == spec.keys)
+                })
+            {
+                k.adopt(old);
             }
             keys.push(k);
         }
@@ -124,13 +150,20 @@ impl Gateway {
             .build()
             .map_err(|e| source.error("clients", format!("cannot build HTTP client: {e}")))?;
         let vault = open_vault(&source, &config, create_vault)?;
-        let approval_store = open_approval_store(&source, &config, create_vault)?;
-        let approvals = Approvals::new(
+        let approval_store = match previous {
+            // Same path (checked above): the store the pending approvals' pollers write to.
+            Some(old) => old.approvals.store().cloned(),
+            None => open_approval_store(&source, &config, create_vault)?,
+        };
+        let mut approvals = Approvals::new(
             &config,
             token_http.clone(),
             approval_store,
             metrics.approvals.clone(),
         );
+        if let Some(old) = previous {
+            approvals.carry_pending(&old.approvals);
+        }
         let credentials = Credentials::new(&config, token_http, metrics.credentials.clone(), vault);
         let credential_inputs = config
             .routes
@@ -150,7 +183,7 @@ impl Gateway {
             })
             .collect();
         Ok(Gateway {
-            rate_limits: crate::ratelimit::RateLimiter::default(),
+            rate_limits: previous.map_or_else(Default::default, |p| p.rate_limits.clone()),
             approvals,
             credentials,
             credential_inputs,

@@ -2,7 +2,7 @@
 //!
 //! Pure decision core (no pingora, unit-testable alone): `config`, `claims`, `roles`,
 //! `policy`, `respond`, `metrics`, `gateway`, `auth` (its only I/O is fetching JWKS).
-//! pingora glue: `proxy`, `admin`, `server`.
+//! pingora glue: `proxy`, `admin`, `server`, `reload`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -18,6 +18,7 @@ pub mod policy;
 pub mod private_file;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod respond;
 pub mod roles;
 pub mod secret;

@@ -2,6 +2,7 @@
 //! are resolved once at start so the request path does no label hashing.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -110,8 +111,60 @@ impl ApprovalMetrics {
     }
 }
 
+/// The per-route metric families; a reloaded configuration resolves its routes' children
+/// from the same families (and registry), so counters survive a reload.
+#[derive(Clone)]
+struct RouteFamilies {
+    decisions: IntCounterVec,
+    responses: IntCounterVec,
+    policy_errors: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    authz: HistogramVec,
+}
+
+impl RouteFamilies {
+    fn route(&self, name: &str) -> RouteMetrics {
+        RouteMetrics {
+            allowed: self
+                .decisions
+                .with_label_values(&[name, "allow", "allowed"]),
+            denied: Refusal::LABELS
+                .iter()
+                .map(|l| (*l, self.decisions.with_label_values(&[name, "deny", l])))
+                .collect(),
+            authz_seconds: self.authz.with_label_values(&[name]),
+            policy_errors: self.policy_errors.with_label_values(&[name]),
+            upstream_errors: self.upstream_errors.with_label_values(&[name]),
+            responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|c| self.responses.with_label_values(&[name, c])),
+        }
+    }
+}
+
+/// Configuration reloads: outcomes, the generation serving and when it was loaded.
+#[derive(Clone)]
+pub struct ReloadMetrics {
+    outcomes: IntCounterVec,
+    pub generation: IntGauge,
+    pub loaded_at: IntGauge,
+}
+
+impl ReloadMetrics {
+    pub fn outcome(&self, ok: bool) {
+        let label = if ok { "ok" } else { "error" };
+        self.outcomes.with_label_values(&[label]).inc();
+    }
+
+    /// Record that configuration `generation` serves from `unix_seconds` on.
+    pub fn serving(&self, generation: u64, unix_seconds: u64) {
+        self.generation.set(generation as i64);
+        self.loaded_at.set(unix_seconds as i64);
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    families: RouteFamilies,
     routes: HashMap<String, RouteMetrics>,
     /// Requests that matched no route.
     pub unrouted: RouteMetrics,
@@ -124,7 +177,8 @@ pub struct Metrics {
     pub approvals: ApprovalMetrics,
     mcp_requests: IntCounterVec,
     /// Tool names already used as label values (bounded, against label explosion).
-    mcp_tools: dashmap::DashSet<String>,
+    mcp_tools: Arc<dashmap::DashSet<String>>,
+    pub reloads: ReloadMetrics,
 }
 
 /// Distinct tool label values kept; further tools are counted as `other`.
@@ -177,23 +231,41 @@ impl Metrics {
             )
             .expect("metric"),
         );
-        let per_route = |name: &str| RouteMetrics {
-            allowed: decisions.with_label_values(&[name, "allow", "allowed"]),
-            denied: Refusal::LABELS
-                .iter()
-                .map(|l| (*l, decisions.with_label_values(&[name, "deny", l])))
-                .collect(),
-            authz_seconds: authz.with_label_values(&[name]),
-            policy_errors: policy_errors.with_label_values(&[name]),
-            upstream_errors: upstream_errors.with_label_values(&[name]),
-            responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                .map(|c| responses.with_label_values(&[name, c])),
+        let families = RouteFamilies {
+            decisions,
+            responses,
+            policy_errors,
+            upstream_errors,
+            authz,
         };
         let routes = routes
             .into_iter()
-            .map(|r| (r.to_string(), per_route(r)))
+            .map(|r| (r.to_string(), families.route(r)))
             .collect();
-        let unrouted = per_route("none");
+        let unrouted = families.route("none");
+        let reloads = ReloadMetrics {
+            outcomes: counter_vec(
+                "portcullis_config_reloads_total",
+                "Configuration reloads (SIGHUP or POST /admin/reload) by outcome",
+                &["outcome"],
+            ),
+            generation: register(
+                &registry,
+                IntGauge::new(
+                    "portcullis_config_generation",
+                    "Configuration generation serving (1 at start, +1 per successful reload)",
+                )
+                .expect("metric"),
+            ),
+            loaded_at: register(
+                &registry,
+                IntGauge::new(
+                    "portcullis_config_loaded_timestamp_seconds",
+                    "Unix time the serving configuration was loaded",
+                )
+                .expect("metric"),
+            ),
+        };
         let cache = counter_vec(
             "portcullis_token_cache_total",
             "Verified-token cache lookups",
@@ -261,8 +333,10 @@ impl Metrics {
             &["route", "method", "tool", "decision"],
         );
         Metrics {
+            families,
+            reloads,
             mcp_requests,
-            mcp_tools: dashmap::DashSet::new(),
+            mcp_tools: Arc::new(dashmap::DashSet::new()),
             approvals,
             credentials,
             routes,
@@ -291,6 +365,29 @@ impl Metrics {
                 .expect("metric"),
             ),
             registry,
+        }
+    }
+
+    /// The same metrics (registry, families, counters) for a reloaded configuration's routes.
+    pub fn for_routes<'a>(&self, routes: impl IntoIterator<Item = &'a str>) -> Metrics {
+        Metrics {
+            registry: self.registry.clone(),
+            families: self.families.clone(),
+            routes: routes
+                .into_iter()
+                .map(|r| (r.to_string(), self.families.route(r)))
+                .collect(),
+            unrouted: self.families.route("none"),
+            token_cache_hits: self.token_cache_hits.clone(),
+            token_cache_misses: self.token_cache_misses.clone(),
+            token_cache_entries: self.token_cache_entries.clone(),
+            jwks_refresh: self.jwks_refresh.clone(),
+            jwks_keys: self.jwks_keys.clone(),
+            credentials: self.credentials.clone(),
+            approvals: self.approvals.clone(),
+            mcp_requests: self.mcp_requests.clone(),
+            mcp_tools: self.mcp_tools.clone(),
+            reloads: self.reloads.clone(),
         }
     }
 
@@ -364,5 +461,24 @@ mod tests {
         assert!(text.contains(r#"portcullis_decisions_total{decision="deny",reason="policy_denied",route="invoices"} 1"#));
         assert!(text.contains(r#"portcullis_responses_total{class="4xx",route="invoices"} 1"#));
         assert!(text.contains(r#"portcullis_jwks_keys{issuer="corp"} 2"#));
+    }
+
+    #[test]
+    fn reloaded_routes_share_the_counters() {
+        let first = Metrics::new(["invoices", "old"]);
+        first.route("invoices").allowed.inc();
+        first.route("old").allowed.inc();
+        let second = first.for_routes(["invoices", "new"]);
+        second.route("invoices").allowed.inc();
+        second.route("new").allowed.inc();
+        second.reloads.outcome(true);
+        let text = first.render();
+        assert!(text.contains(
+            r#"portcullis_decisions_total{decision="allow",reason="allowed",route="invoices"} 2"#
+        ));
+        assert!(text.contains(
+            r#"portcullis_decisions_total{decision="allow",reason="allowed",route="new"} 1"#
+        ));
+        assert!(text.contains(r#"portcullis_config_reloads_total{outcome="ok"} 1"#));
     }
 }

@@ -16,10 +16,15 @@ use crate::admin::Admin;
 use crate::gateway::Gateway;
 use crate::proxy::background::Refresher;
 use crate::proxy::Proxy;
+use crate::reload::{Hangup, Reloader};
 
-/// Start serving; returns only on shutdown (SIGTERM: graceful, SIGINT: fast).
+/// Start serving; returns only on shutdown (SIGTERM: graceful, SIGINT: fast). SIGHUP
+/// reloads the configuration file.
 pub fn run(gateway: Gateway) -> Result<(), String> {
+    crate::reload::ignore_hangup_until_handled()
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
     let cfg = gateway.config.clone();
+    let path = gateway.source.file.clone();
     let conf = ServerConf {
         threads: cfg.server.threads,
         grace_period_seconds: Some(cfg.server.grace_period_seconds),
@@ -34,6 +39,7 @@ pub fn run(gateway: Gateway) -> Result<(), String> {
 
     let proxy = Proxy::new(gateway);
     let state = proxy.state.clone();
+    let reloader = Arc::new(Reloader::new(path, state.clone()));
     let mut options = HttpServerOptions::default();
     options.h2c = cfg.listen.h2c && cfg.listen.tls.is_none();
     let mut service = ProxyServiceBuilder::new(&server.configuration, proxy)
@@ -59,6 +65,7 @@ pub fn run(gateway: Gateway) -> Result<(), String> {
             "portcullis admin".to_string(),
             HttpServer::new_app(Admin {
                 state: state.clone(),
+                reloader: Some(reloader.clone()),
             }),
         );
         admin.add_tcp(&admin_addr.to_string());
@@ -68,8 +75,10 @@ pub fn run(gateway: Gateway) -> Result<(), String> {
         "jwks refresh",
         Refresher {
             state: Arc::clone(&state),
+            generation: reloader.subscribe(),
         },
     ));
+    server.add_service(background_service("config reload", Hangup { reloader }));
     tracing::info!(listen = %addr, admin = ?cfg.admin_listen, routes = cfg.routes.len(), "portcullis starting");
     server.run_forever()
 }

@@ -23,5 +23,7 @@ mod mcp_peer;
 mod policy;
 #[path = "e2e/proxy.rs"]
 mod proxy;
+#[path = "e2e/reload.rs"]
+mod reload;
 #[path = "e2e/vault.rs"]
 mod vault;

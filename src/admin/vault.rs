@@ -10,73 +10,13 @@ use std::sync::Arc;
 use http::Response;
 use pingora::protocols::http::ServerSession;
 
-use super::reply;
+use super::{authorized, error, reply, ApiError};
 use crate::gateway::Gateway;
 use crate::vault::input::{meta_json, CredentialInput};
 use crate::vault::VaultStore;
 
 /// Largest PUT body.
 const MAX_BODY: usize = 64 * 1024;
-
-/// A refused admin request.
-struct ApiError {
-    status: u16,
-    code: &'static str,
-    description: String,
-}
-
-fn error(status: u16, code: &'static str, description: &str) -> ApiError {
-    ApiError {
-        status,
-        code,
-        description: description.to_string(),
-    }
-}
-
-impl ApiError {
-    fn into_response(self) -> Response<Vec<u8>> {
-        let body = serde_json::json!({"error": self.code, "error_description": self.description});
-        let mut r = reply(self.status, "application/json", body.to_string());
-        if self.status == 401 {
-            r.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
-            );
-        }
-        r
-    }
-}
-
-fn authorized(g: &Gateway, session: &ServerSession) -> Result<(), ApiError> {
-    let Some(secret) = &g.config.admin_token else {
-        return Err(error(
-            404,
-            "not_found",
-            "the vault admin API is off (set admin.token_env or admin.token_file)",
-        ));
-    };
-    let presented = session
-        .req_header()
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let ok = aws_lc_rs::constant_time::verify_slices_are_equal(
-        presented.as_bytes(),
-        secret.expose().as_bytes(),
-    )
-    .is_ok();
-    if ok {
-        Ok(())
-    } else {
-        Err(error(
-            401,
-            "invalid_token",
-            "a valid admin bearer secret is required",
-        ))
-    }
-}
 
 fn decode(segment: &str) -> String {
     url::form_urlencoded::parse(format!("x={segment}").as_bytes())

@@ -149,6 +149,8 @@ pub struct IssuerKeys {
     /// requests with the same unknown kid wait for one fetch.
     refetch: tokio::sync::Mutex<Option<Instant>>,
     status: Mutex<Status>,
+    /// When the background refresh is due next (set by the refresher; carried over a reload).
+    next_due: Mutex<Option<Instant>>,
     client: reqwest::Client,
     max_bytes: usize,
     metrics: JwksMetrics,
@@ -173,9 +175,44 @@ impl IssuerKeys {
             keys: RwLock::new(None),
             refetch: tokio::sync::Mutex::new(None),
             status: Mutex::new(Status::default()),
+            next_due: Mutex::new(None),
             client,
             max_bytes,
             metrics,
+        }
+    }
+
+    /// After a reload: take over `old`'s keys, status, refresh schedule and unknown-kid
+    /// cooldown when both fetch the same JWKS URI for the same `iss` (no refetch storm).
+    /// Returns whether it did; `jwks_file` issuers re-read their file instead.
+    pub fn adopt(&self, old: &IssuerKeys) -> bool {
+        let same = matches!(self.spec.keys, KeySource::Uri(_))
+            && self.spec.keys == old.spec.keys
+            && self.spec.issuer == old.spec.issuer;
+        let Some(keys) = old.current().filter(|_| same) else {
+            return false;
+        };
+        if let Ok(mut k) = self.keys.write() {
+            *k = Some(keys);
+        }
+        if let Ok(mut s) = self.status.lock() {
+            *s = old.status();
+        }
+        self.set_next_due(old.next_due());
+        if let (Ok(mut mine), Ok(theirs)) = (self.refetch.try_lock(), old.refetch.try_lock()) {
+            *mine = *theirs;
+        }
+        true
+    }
+
+    /// When the background refresh is due next (`None`: now).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.next_due.lock().ok().and_then(|d| *d)
+    }
+
+    pub fn set_next_due(&self, due: Option<Instant>) {
+        if let Ok(mut d) = self.next_due.lock() {
+            *d = due;
         }
     }
 

@@ -178,20 +178,20 @@ impl CredentialMode {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenSpec {
     pub addr: SocketAddr,
     pub tls: Option<TlsFiles>,
     pub h2c: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerSpec {
     pub threads: usize,
     pub grace_period_seconds: u64,
@@ -199,7 +199,7 @@ pub struct ServerSpec {
     pub upstream_keepalive_pool_size: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum KeySource {
     Uri(String),
     File(PathBuf),

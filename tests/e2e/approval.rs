@@ -10,10 +10,10 @@ use serde_json::{json, Value};
 
 use crate::support::{client, config, free_port, parts, Gw, Op, Upstream};
 
-const SECRET: (&str, &str) = ("PORTCULLIS_TEST_CLIENT_SECRET", "portcullis-secret");
+pub(crate) const SECRET: (&str, &str) = ("PORTCULLIS_TEST_CLIENT_SECRET", "portcullis-secret");
 
 /// The invoices route (policy asks approval above 1000) with `approval` settings `extra`.
-fn yaml(
+pub(crate) fn yaml(
     op: &Op,
     up: &Upstream,
     backchannel: &str,
@@ -46,7 +46,12 @@ fn yaml(
     )
 }
 
-fn pay(gw: &Gw, token: &str, amount: u64, approval: Option<&str>) -> reqwest::blocking::Response {
+pub(crate) fn pay(
+    gw: &Gw,
+    token: &str,
+    amount: u64,
+    approval: Option<&str>,
+) -> reqwest::blocking::Response {
     let mut r = client()
         .post(gw.url("/invoices/finance/INV-7/pay"))
         .bearer_auth(token)
@@ -58,7 +63,11 @@ fn pay(gw: &Gw, token: &str, amount: u64, approval: Option<&str>) -> reqwest::bl
 }
 
 /// Send a payment from another thread; returns its status and body later.
-fn pay_in_background(gw: &Gw, token: &str, amount: u64) -> thread::JoinHandle<(u16, Value)> {
+pub(crate) fn pay_in_background(
+    gw: &Gw,
+    token: &str,
+    amount: u64,
+) -> thread::JoinHandle<(u16, Value)> {
     let (url, token) = (gw.url("/invoices/finance/INV-7/pay"), token.to_string());
     thread::spawn(move || {
         let r = client()
@@ -72,7 +81,7 @@ fn pay_in_background(gw: &Gw, token: &str, amount: u64) -> thread::JoinHandle<(u
     })
 }
 
-fn op() -> Op {
+pub(crate) fn op() -> Op {
     Op::start_env(&[("CIBA_INTERVAL", "1")])
 }
 
@@ -287,7 +296,7 @@ fn per_user_limit_is_429() {
     assert_eq!(second.join().unwrap().0, 403);
 }
 
-fn raw_get(port: u16, path: &str, token: &str) -> Value {
+pub(crate) fn raw_get(port: u16, path: &str, token: &str) -> Value {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
@@ -296,7 +305,7 @@ fn raw_get(port: u16, path: &str, token: &str) -> Value {
     serde_json::from_str(body).unwrap_or(Value::Null)
 }
 
-fn wait_status(gw: &Gw, location: &str, token: &str, want: &str) {
+pub(crate) fn wait_status(gw: &Gw, location: &str, token: &str, want: &str) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(15) {
         if raw_get(gw.port, location, token)["status"] == want {

@@ -30,6 +30,32 @@ fn rotated_keys_are_fetched_on_a_new_kid() {
 }
 
 #[test]
+fn a_rotation_at_the_idp_fetches_the_new_kid_once_and_old_tokens_stay_valid() {
+    let op = Op::start();
+    let up = Upstream::start();
+    let gw = Gw::start(&config(&op.url(), &op.issuer, &up.url(), standard_routes()));
+    assert_eq!(
+        gw.get("/invoices/finance/1", Some(&op.alice())).status(),
+        200
+    );
+    let before_rotation = op.alice(); // not yet seen by the gateway
+    op.rotate();
+    let after_rotation = op.alice();
+    assert_eq!(
+        gw.get("/invoices/finance/1", Some(&after_rotation))
+            .status(),
+        200
+    );
+    assert_eq!(
+        gw.get("/invoices/finance/1", Some(&before_rotation))
+            .status(),
+        200,
+        "the retired key is still published"
+    );
+    assert_eq!(op.jwks_fetches(), 2, "start, then once for the new kid");
+}
+
+#[test]
 fn cached_keys_keep_working_while_the_idp_is_down_and_unknown_kids_fail_fast() {
     let mut op = Op::start();
     // A second OP with the same issuer name but other keys: its tokens carry unknown kids.

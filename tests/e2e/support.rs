@@ -217,6 +217,15 @@ impl Op {
         s["jwks"].as_u64().unwrap()
     }
 
+    /// Rotate the OP's signing keys (the previous ones stay published).
+    pub fn rotate(&self) {
+        let r = client()
+            .post(format!("{}/test/rotate", self.url()))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -264,7 +273,7 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Recorded>>>,
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Recorded> {
+pub fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Recorded> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
@@ -473,6 +482,11 @@ impl Gw {
                 .is_ok_and(|r| r.status().is_success())
         });
         up.then_some(gw)
+    }
+
+    /// Process id (to send signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn url(&self, path: &str) -> String {

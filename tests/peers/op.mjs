@@ -3,7 +3,8 @@
 //        SLOW_DOWN, SLOW_DOWN_BELOW_MS, DEFAULT_RESOURCE, RESOURCE_SCOPES, RAR_TYPES,
 //        ACCESS_TOKEN_TTL, OP_STORE_SIZE)
 // Test-only hooks: GET /pending, POST /approve/<auth_req_id|latest>, POST /deny/<auth_req_id|latest>,
-//   POST /test/token (mint a user access token, see mintToken), GET /test/stats (request counts)
+//   POST /test/token (mint a user access token, see mintToken), GET /test/stats (request counts),
+//   POST /test/rotate (new signing keys; the previous ones stay published until the next rotation)
 // PARENT_PID: exit when that process is gone (tests share one OP per test binary).
 import http from 'node:http';
 import crypto from 'node:crypto';
@@ -38,15 +39,18 @@ const USERS = {
 };
 
 // Fresh signing keys on every start: one RS256, one ES256. Kids get a random suffix
-// ("rs256-1a2b3c"), so a restart looks like a key rotation to the gateway.
+// ("rs256-1a2b3c"), so a restart (or POST /test/rotate) looks like a key rotation to the gateway.
 const mkKey = (type, opts, alg) => ({
   ...crypto.generateKeyPairSync(type, opts).privateKey.export({ format: 'jwk' }),
   alg, use: 'sig', kid: `${alg.toLowerCase()}-${crypto.randomBytes(3).toString('hex')}`,
 });
-const keys = [mkKey('rsa', { modulusLength: 2048 }, 'RS256'), mkKey('ec', { namedCurve: 'P-256' }, 'ES256')];
-const ownJwks = jose.createLocalJWKSet({
-  keys: keys.map(({ d, p, q, dp, dq, qi, ...pub }) => pub),
+const newKeys = () => [mkKey('rsa', { modulusLength: 2048 }, 'RS256'), mkKey('ec', { namedCurve: 'P-256' }, 'ES256')];
+let signing = newKeys(); // signs (first key of each alg)
+let retired = []; // still published, after a rotation
+const publicSet = () => jose.createLocalJWKSet({
+  keys: [...signing, ...retired].map(({ d, p, q, dp, dq, qi, ...pub }) => pub),
 });
+let ownJwks = publicSet();
 
 // Static clients; secret = "<id>-secret", auth = client_secret_basic (oidc-provider default).
 const client = (id) => ({
@@ -77,10 +81,10 @@ const stats = { jwks: 0, token: 0 }; // requests served, for tests that count fe
 const storeSize = Number(env.OP_STORE_SIZE || 0);
 const bigStore = storeSize > 0 ? new LRU({ maxSize: storeSize }) : undefined;
 
-const provider = new Provider(ISSUER, {
+const newProvider = () => new Provider(ISSUER, {
   ...(bigStore && { adapter: (model) => new MemoryAdapter(model, bigStore, 15) }),
   clients: [client('agent-1'), client('agent-2'), client('portcullis')],
-  jwks: { keys },
+  jwks: { keys: [...signing, ...retired] },
   findAccount: async (ctx, sub) => USERS[sub] && {
     accountId: sub,
     claims: async () => ({ sub, email: USERS[sub].email }),
@@ -228,12 +232,10 @@ async function tokenExchange(ctx) {
 }
 const teParams = ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type',
   'requested_token_type', 'audience', 'resource', 'scope'];
-provider.registerGrantType(TE, tokenExchange, teParams, ['audience', 'resource']);
-provider.registerGrantType(TV, tokenExchange, [...teParams, 'connection', 'login_hint']);
 
 // ---- CIBA extras oidc-provider lacks: `interval` in the response, optional slow_down ----
 const lastPoll = new Map();
-provider.use(async (ctx, next) => {
+const cibaExtras = async (ctx, next) => {
   await next();
   if (ctx.oidc?.route === 'backchannel_authentication' && ctx.status === 200) {
     ctx.body = { ...ctx.body, interval: CIBA_INTERVAL };
@@ -247,7 +249,29 @@ provider.use(async (ctx, next) => {
       ctx.body = { error: 'slow_down', error_description: 'you are polling too quickly' };
     }
   }
-});
+};
+
+// A provider with the current keys. Stored records (grants, CIBA requests, tokens) live in the
+// adapter's module-level store, so they survive a rotation's new provider.
+function makeProvider() {
+  const p = newProvider();
+  p.registerGrantType(TE, tokenExchange, teParams, ['audience', 'resource']);
+  p.registerGrantType(TV, tokenExchange, [...teParams, 'connection', 'login_hint']);
+  p.use(cibaExtras);
+  return p;
+}
+let provider = makeProvider();
+let callback = provider.callback();
+
+// Test hook: rotate the signing keys (the previous ones stay in the JWKS).
+function rotate() {
+  retired = signing;
+  signing = newKeys();
+  ownJwks = publicSet();
+  provider = makeProvider();
+  callback = provider.callback();
+  return { kids: signing.map((k) => k.kid), retired: retired.map((k) => k.kid) };
+}
 
 // ---- Test hook: mint a user access token as this OP would after a user grant ----
 // Body: { sub, client_id, scope, resource, set: {claim: value}, unset: [claim], ttl }
@@ -282,13 +306,13 @@ const send = (res, status, body) => {
   res.writeHead(status, { 'content-type': 'application/json' });
   res.end(JSON.stringify(body));
 };
-const callback = provider.callback();
 http.createServer(async (req, res) => {
   const url = new URL(req.url, ISSUER);
   const hook = url.pathname.match(/^\/(approve|deny)\/([^/]+)$/);
   if (url.pathname === '/jwks') stats.jwks += 1;
   if (url.pathname === '/token') stats.token += 1;
   if (req.method === 'GET' && url.pathname === '/test/stats') return send(res, 200, stats);
+  if (req.method === 'POST' && url.pathname === '/test/rotate') return send(res, 200, rotate());
   if (req.method === 'POST' && url.pathname === '/test/token') {
     try {
       return send(res, 200, await mintToken(await readJson(req)));
