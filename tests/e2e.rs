@@ -13,6 +13,10 @@ mod auth;
 mod cli;
 #[path = "e2e/credentials.rs"]
 mod credentials;
+#[path = "e2e/fakes.rs"]
+mod fakes;
+#[path = "e2e/faults.rs"]
+mod faults;
 #[path = "e2e/jwks.rs"]
 mod jwks;
 #[path = "e2e/mcp.rs"]
