@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::fakes::{jwks, token, Answer, Fake};
-use crate::support::{client, config, free_port, parts, shared_op, Gw, Upstream};
+use crate::support::{client, config, free_port, metric, parts, shared_op, Gw, Upstream};
 
 const ISS: &str = "https://faults.idp.test/";
 
@@ -27,13 +27,6 @@ fn jwks_yaml(fake: &Fake, up: &Upstream) -> String {
         "    algorithms: [RS256, ES256]\n",
         "    algorithms: [RS256, ES256]\n    jwks: { timeout_ms: 1000, unknown_kid_cooldown_seconds: 0 }\n",
     )
-}
-
-fn metric(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]
