@@ -19,6 +19,8 @@ mod fakes;
 mod faults;
 #[path = "e2e/jwks.rs"]
 mod jwks;
+#[path = "e2e/leakage.rs"]
+mod leakage;
 #[path = "e2e/limits.rs"]
 mod limits;
 #[path = "e2e/mcp.rs"]
