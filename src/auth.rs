@@ -157,6 +157,10 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
             .map_err(|e| invalid(token_error(e.kind())))?;
         let claims = data.claims;
+        // jsonwebtoken also accepts an array `iss` naming the issuer; RFC 7519 says one string.
+        if !claims.get("iss").is_some_and(Value::is_string) {
+            return Err(invalid(TokenError::InvalidClaim("iss")));
+        }
         if let Some(iat) = claims.get("iat") {
             let iat = iat
                 .as_u64()

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use portcullis::gateway::Gateway;
 use portcullis::policy::testing;
 use portcullis::vault::cli::VaultCommand;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// mimalloc: Rego evaluation and JSON handling allocate a lot; measured ~23% fewer
 /// instructions per Rego decision than the system allocator (README, "Benchmarks").
@@ -65,13 +67,20 @@ fn init_tracing() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // Other crates' debug and trace records (pingora, hyper, reqwest, ...) print whole
+    // request headers, tokens included: never emit them, whatever PORTCULLIS_LOG says.
+    let no_secrets = tracing_subscriber::filter::filter_fn(|m| {
+        m.target().starts_with("portcullis") || *m.level() <= tracing::Level::INFO
+    });
     if std::env::var("PORTCULLIS_LOG_FORMAT").as_deref() == Ok("text") {
-        builder.init();
+        builder.finish().with(no_secrets).init();
     } else {
         builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .finish()
+            .with(no_secrets)
             .init();
     }
 }

@@ -40,11 +40,15 @@ impl RouteMetrics {
     }
 }
 
+/// Why a JWKS fetch failed (the `kind` label of `portcullis_jwks_fetch_errors_total`).
+pub const JWKS_ERROR_KINDS: &[&str] = &["unreachable", "timeout", "status", "too_large", "invalid"];
+
 /// JWKS fetch outcomes and key count of one issuer.
 #[derive(Clone)]
 pub struct JwksMetrics {
     success: IntCounter,
     failure: IntCounter,
+    errors: Vec<(&'static str, IntCounter)>,
     keys: IntGauge,
 }
 
@@ -54,8 +58,12 @@ impl JwksMetrics {
         self.keys.set(keys as i64);
     }
 
-    pub fn failed(&self) {
+    /// A failed fetch; `kind` is one of `JWKS_ERROR_KINDS`.
+    pub fn failed(&self, kind: &str) {
         self.failure.inc();
+        if let Some((_, c)) = self.errors.iter().find(|(k, _)| *k == kind) {
+            c.inc();
+        }
     }
 }
 
@@ -172,6 +180,7 @@ pub struct Metrics {
     pub token_cache_misses: IntCounter,
     pub token_cache_entries: IntGauge,
     jwks_refresh: IntCounterVec,
+    jwks_errors: IntCounterVec,
     jwks_keys: IntGaugeVec,
     pub credentials: CredentialMetrics,
     pub approvals: ApprovalMetrics,
@@ -356,6 +365,11 @@ impl Metrics {
                 "JWKS fetches by issuer and outcome",
                 &["issuer", "outcome"],
             ),
+            jwks_errors: counter_vec(
+                "portcullis_jwks_fetch_errors_total",
+                "Failed JWKS fetches by issuer and kind (unreachable, timeout, status, too_large, invalid)",
+                &["issuer", "kind"],
+            ),
             jwks_keys: register(
                 &registry,
                 IntGaugeVec::new(
@@ -430,6 +444,10 @@ impl Metrics {
         JwksMetrics {
             success: self.jwks_refresh.with_label_values(&[issuer, "success"]),
             failure: self.jwks_refresh.with_label_values(&[issuer, "failure"]),
+            errors: JWKS_ERROR_KINDS
+                .iter()
+                .map(|k| (*k, self.jwks_errors.with_label_values(&[issuer, k])))
+                .collect(),
             keys: self.jwks_keys.with_label_values(&[issuer]),
         }
     }

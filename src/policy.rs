@@ -54,6 +54,10 @@ pub enum Refusal {
         limit: usize,
     },
     BodyNotJson,
+    /// The request line and headers exceed `limits.max_header_bytes`.
+    HeaderTooLarge {
+        limit: usize,
+    },
     BadRequest(&'static str),
     NoRoute,
     MethodNotAllowed,
@@ -115,6 +119,7 @@ impl Refusal {
             Refusal::PolicyError => 500,
             Refusal::BodyTooLarge { .. } => 413,
             Refusal::BodyNotJson | Refusal::BadRequest(_) => 400,
+            Refusal::HeaderTooLarge { .. } => 431,
             Refusal::NoRoute => 404,
             Refusal::MethodNotAllowed => 405,
             Refusal::ConsentRequired { .. } => 403,
@@ -146,6 +151,7 @@ impl Refusal {
             Refusal::ApprovalUnavailable => "approval_required",
             Refusal::BodyTooLarge { .. } => "request_too_large",
             Refusal::BodyNotJson | Refusal::BadRequest(_) => "invalid_request",
+            Refusal::HeaderTooLarge { .. } => "request_header_too_large",
             Refusal::NoRoute => "not_found",
             Refusal::MethodNotAllowed => "method_not_allowed",
             Refusal::ConsentRequired { .. } => "consent_required",
@@ -201,6 +207,7 @@ impl Refusal {
             Refusal::BodyTooLarge { .. } => "body_too_large",
             Refusal::BodyNotJson => "body_not_json",
             Refusal::BadRequest(_) => "bad_request",
+            Refusal::HeaderTooLarge { .. } => "header_too_large",
             Refusal::NoRoute => "no_route",
             Refusal::MethodNotAllowed => "method_not_allowed",
             Refusal::ConsentRequired { .. } => "consent_required",
@@ -235,6 +242,7 @@ impl Refusal {
         "body_too_large",
         "body_not_json",
         "bad_request",
+        "header_too_large",
         "no_route",
         "method_not_allowed",
         "consent_required",
@@ -284,6 +292,9 @@ impl fmt::Display for Refusal {
             Refusal::BodyTooLarge { limit } => write!(f, "the request body exceeds {limit} bytes"),
             Refusal::BodyNotJson => f.write_str("the request body must be JSON on this route"),
             Refusal::BadRequest(why) => f.write_str(why),
+            Refusal::HeaderTooLarge { limit } => {
+                write!(f, "the request line and headers exceed {limit} bytes")
+            }
             Refusal::NoRoute => f.write_str("no route matches this request"),
             Refusal::MethodNotAllowed => f.write_str("the method is not allowed on this route"),
             Refusal::ConsentRequired { connection } => write!(
@@ -412,10 +423,12 @@ mod tests {
         assert_eq!(Refusal::PolicyDenied { reason: "x".into() }.status(), 403);
         assert_eq!(Refusal::PolicyError.status(), 500);
         assert_eq!(Refusal::BodyTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(Refusal::HeaderTooLarge { limit: 1 }.status(), 431);
         for r in [
             Refusal::MissingToken,
             Refusal::NoRoute,
             Refusal::PolicyError,
+            Refusal::HeaderTooLarge { limit: 1 },
         ] {
             assert!(Refusal::LABELS.contains(&r.label()));
         }

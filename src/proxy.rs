@@ -182,6 +182,12 @@ impl Proxy {
                 return Err(Refusal::ApprovalUnavailable);
             };
             let body = match ctx.body.clone() {
+                // Read earlier for the policy, under the route's (possibly larger) bound.
+                Some(b) if b.len() > spec.max_body_bytes => {
+                    return Err(Refusal::BodyTooLarge {
+                        limit: spec.max_body_bytes,
+                    })
+                }
                 Some(b) => b,
                 None => body::read(session, spec.max_body_bytes).await?,
             };
@@ -267,6 +273,12 @@ impl ProxyHttp for Proxy {
         let g = self.state.load_full();
         ctx.gateway = Some(g.clone());
         ctx.request_id = headers::request_id(session.req_header());
+        let limit = g.config.max_header_bytes;
+        if headers::head_size(session.req_header()) > limit {
+            return self
+                .refuse(session, ctx, Refusal::HeaderTooLarge { limit })
+                .await;
+        }
         if let Some(reply) = protected_resource_metadata(&g, session.req_header().uri.path()) {
             ctx.outcome = "resource_metadata";
             self.write_reply(session, ctx, &reply).await?;

@@ -13,8 +13,16 @@ mod auth;
 mod cli;
 #[path = "e2e/credentials.rs"]
 mod credentials;
+#[path = "e2e/fakes.rs"]
+mod fakes;
+#[path = "e2e/faults.rs"]
+mod faults;
 #[path = "e2e/jwks.rs"]
 mod jwks;
+#[path = "e2e/leakage.rs"]
+mod leakage;
+#[path = "e2e/limits.rs"]
+mod limits;
 #[path = "e2e/mcp.rs"]
 mod mcp;
 #[path = "e2e/mcp_peer.rs"]

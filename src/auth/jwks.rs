@@ -156,6 +156,9 @@ pub struct IssuerKeys {
     metrics: JwksMetrics,
 }
 
+/// A failed fetch: metric kind and message.
+type FetchError = (&'static str, String);
+
 pub enum Lookup {
     Found(Arc<Key>),
     Unknown,
@@ -254,7 +257,9 @@ impl IssuerKeys {
     /// Fetch (or read) the key set and install it. Returns the max-age the IdP asked for.
     pub async fn refresh(&self) -> Result<Option<Duration>, String> {
         let result = match &self.spec.keys {
-            KeySource::File(path) => read_file(path).map(|s| (s, None)),
+            KeySource::File(path) => read_file(path)
+                .map(|s| (s, None))
+                .map_err(|e| ("invalid", e)),
             KeySource::Uri(uri) => self.fetch(uri).await,
         };
         match result {
@@ -263,8 +268,8 @@ impl IssuerKeys {
                 self.install(set);
                 Ok(age)
             }
-            Err(e) => {
-                self.metrics.failed();
+            Err((kind, e)) => {
+                self.metrics.failed(kind);
                 self.record_error(&e);
                 Err(e)
             }
@@ -281,19 +286,35 @@ impl IssuerKeys {
         Ok(())
     }
 
-    async fn fetch(&self, uri: &str) -> Result<(KeySet, Option<Duration>), String> {
+    /// GET the JWKS: the whole exchange (connect, headers, body) within the fetch time-out,
+    /// the body within `max_bytes`. Errors carry their metric kind (`JWKS_ERROR_KINDS`).
+    async fn fetch(&self, uri: &str) -> Result<(KeySet, Option<Duration>), FetchError> {
+        let failed = |what: &str, e: reqwest::Error| {
+            let kind = if e.is_timeout() {
+                "timeout"
+            } else {
+                "unreachable"
+            };
+            (kind, format!("JWKS {what} failed: {}", e.without_url()))
+        };
         let mut resp = self
             .client
             .get(uri)
             .timeout(self.spec.jwks.fetch_timeout)
             .send()
             .await
-            .map_err(|e| format!("JWKS fetch failed: {}", e.without_url()))?;
+            .map_err(|e| failed("fetch", e))?;
         if !resp.status().is_success() {
-            return Err(format!(
-                "JWKS fetch answered HTTP {}",
-                resp.status().as_u16()
+            return Err((
+                "status",
+                format!("JWKS fetch answered HTTP {}", resp.status().as_u16()),
             ));
+        }
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes as u64)
+        {
+            return Err(self.too_large());
         }
         let age = resp
             .headers()
@@ -301,20 +322,21 @@ impl IssuerKeys {
             .and_then(|v| v.to_str().ok())
             .and_then(max_age);
         let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("JWKS read failed: {}", e.without_url()))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| failed("read", e))? {
             if body.len() + chunk.len() > self.max_bytes {
-                return Err(format!(
-                    "JWKS document larger than {} bytes",
-                    self.max_bytes
-                ));
+                return Err(self.too_large());
             }
             body.extend_from_slice(&chunk);
         }
-        Ok((parse_jwks(&body)?, age))
+        let set = parse_jwks(&body).map_err(|e| ("invalid", e))?;
+        Ok((set, age))
+    }
+
+    fn too_large(&self) -> FetchError {
+        (
+            "too_large",
+            format!("JWKS document larger than {} bytes", self.max_bytes),
+        )
     }
 
     /// An unknown kid: refetch unless one was attempted within the cooldown, then look again.

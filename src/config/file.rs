@@ -207,6 +207,9 @@ pub struct Limits {
     pub token_cache_entries: Option<usize>,
     /// Largest JWKS document accepted. Default 1 MiB.
     pub jwks_max_bytes: Option<usize>,
+    /// Largest request head (request line + headers) accepted; over it → 431. Default 64 KiB,
+    /// at most 1 MiB (pingora's own parser refuses larger heads with 400).
+    pub max_header_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

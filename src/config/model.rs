@@ -23,6 +23,8 @@ pub struct Config {
     pub policy_engine: PolicyEngine,
     pub token_cache_entries: usize,
     pub jwks_max_bytes: usize,
+    /// Largest request head (request line + headers) in bytes; over it → 431.
+    pub max_header_bytes: usize,
     pub issuers: Vec<Arc<IssuerSpec>>,
     pub clients: Vec<Arc<ClientSpec>>,
     pub vault: Option<VaultSpec>,

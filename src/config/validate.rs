@@ -143,6 +143,10 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
             raw.limits.jwks_max_bytes,
             1 << 20,
         )?,
+        max_header_bytes: match positive(src, HEAD, raw.limits.max_header_bytes, 64 << 10)? {
+            n if n > MAX_HEAD => Err(src.error(HEAD, format!("must be at most {MAX_HEAD}")))?,
+            n => n,
+        },
         issuers,
         clients,
         vault,
@@ -151,6 +155,10 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
         routes,
     })
 }
+
+const HEAD: &str = "limits.max_header_bytes";
+/// pingora's HTTP/1 parser refuses request heads over this with a bare 400.
+const MAX_HEAD: usize = 1_048_575;
 
 fn default_policy_dir(base: &Path) -> PathBuf {
     let beside = base.join("policies");

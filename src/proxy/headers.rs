@@ -66,6 +66,18 @@ pub fn host(req: &RequestHeader) -> &str {
         .unwrap_or("")
 }
 
+/// Size of the request head as sent on HTTP/1.1: request line and `name: value` lines.
+pub fn head_size(req: &RequestHeader) -> usize {
+    let uri = &req.uri;
+    let line = req.method.as_str().len()
+        + uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + 12;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
 /// Whether the request may carry a body we have not read.
 pub fn has_unread_body(req: &RequestHeader) -> bool {
     req.headers.contains_key(http::header::TRANSFER_ENCODING)

@@ -185,6 +185,13 @@ fn sync_deny_timeout_and_unreachable_service_refuse() {
         "{body}"
     );
     assert!(up.requests().is_empty());
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains(
+            r#"portcullis_decisions_total{decision="deny",reason="approval_failed",route="invoices"} 1"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[test]

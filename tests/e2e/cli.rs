@@ -99,6 +99,10 @@ fn config_errors_name_file_field_and_line() {
         (GOOD.replace("http://127.0.0.1:9000", "ftp://x"), vec!["bad.yaml:13:", "routes[0].upstream", "scheme"]),
         (GOOD.replace("    auth:\n      issuer: corp\n      require_scopes: [\"invoices:read\"]\n    policy: invoices\n", ""), vec!["routes[0]", "needs `auth:`"]),
         (GOOD.replace("audiences: [\"api\"]", "audiences: [\"api\"]\n    algorithms: [HS256]"), vec!["issuers[0].algorithms", "HS256", "not allowed"]),
+        (GOOD.replace("8080\"\n", "8080\"\nlimits: { max_header_bytes: 0 }\n"), vec!["bad.yaml:4:", "limits.max_header_bytes", "greater than 0"]),
+        (GOOD.replace("8080\"\n", "8080\"\nlimits:\n  max_header_bytes: 2000000\n"), vec!["bad.yaml:5:", "limits.max_header_bytes", "at most 1048575"]),
+        (GOOD.replace("8080\"\n", "8080\"\nlimits: { jwks_max_bytes: 0 }\n"), vec!["bad.yaml:4:", "limits.jwks_max_bytes", "greater than 0"]),
+        (GOOD.replace("8080\"\n", "8080\"\nlimits: { max_connections: 10 }\n"), vec!["bad.yaml:4:", "unknown field `max_connections`"]),
     ];
     for (yaml, needles) in cases {
         let (code, err) = check(&yaml);

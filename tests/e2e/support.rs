@@ -526,6 +526,14 @@ impl Drop for Gw {
     }
 }
 
+/// The value of one exposition line (`name{labels}`) of `/metrics`; 0 when absent.
+pub fn metric(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Status, `WWW-Authenticate` and JSON body of a response.
 pub fn parts(r: reqwest::blocking::Response) -> (u16, Option<String>, Value) {
     let status = r.status().as_u16();

@@ -8,9 +8,9 @@ use serde_json::{json, Value};
 
 use crate::support::{client, config, parts, Gw, Op, Upstream};
 
-const KEY: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub const KEY: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const OTHER_KEY: &str = "k1:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
-const ADMIN: &str = "admin-secret-for-tests";
+pub const ADMIN: &str = "admin-secret-for-tests";
 
 fn now() -> u64 {
     SystemTime::now()
@@ -20,7 +20,7 @@ fn now() -> u64 {
 }
 
 /// A user grant with a refresh token: agent-1 asks alice by CIBA (auto-approved).
-fn connection_grant(op: &Op) -> Value {
+pub fn connection_grant(op: &Op) -> Value {
     let c = client();
     let r: Value = c
         .post(format!("{}/backchannel", op.url()))

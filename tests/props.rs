@@ -1,0 +1,15 @@
+//! Property tests (proptest): hostile input to the parsers on the decision path never
+//! panics and never authorises. CI runs proptest's default 256 cases per property;
+//! `scripts/fuzz` runs the same properties with many more (`PROPTEST_CASES`).
+
+#[path = "props/fixture.rs"]
+mod fixture;
+
+#[path = "props/config.rs"]
+mod config;
+#[path = "props/mcp.rs"]
+mod mcp;
+#[path = "props/policy_input.rs"]
+mod policy_input;
+#[path = "props/tokens.rs"]
+mod tokens;
