@@ -396,6 +396,7 @@ impl Metrics {
             token_cache_misses: self.token_cache_misses.clone(),
             token_cache_entries: self.token_cache_entries.clone(),
             jwks_refresh: self.jwks_refresh.clone(),
+            jwks_errors: self.jwks_errors.clone(),
             jwks_keys: self.jwks_keys.clone(),
             credentials: self.credentials.clone(),
             approvals: self.approvals.clone(),
