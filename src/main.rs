@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 
 use portcullis::gateway::Gateway;
 use portcullis::policy::testing;
@@ -61,12 +62,19 @@ enum PolicyCommand {
     },
 }
 
-fn init_tracing() {
+/// Logs go to stderr through a writer thread: a request's thread only formats its line and
+/// hands it over (never blocking on the write; lines are never dropped: `lossy(false)`), and
+/// the writer thread writes what has queued up in one go. The guard flushes on exit.
+fn init_tracing() -> WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("portcullis-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // Other crates' debug and trace records (pingora, hyper, reqwest, ...) print whole
     // request headers, tokens included: never emit them, whatever PORTCULLIS_LOG says.
     let no_secrets = tracing_subscriber::filter::filter_fn(|m| {
@@ -83,6 +91,7 @@ fn init_tracing() {
             .with(no_secrets)
             .init();
     }
+    guard
 }
 
 fn main() -> ExitCode {
@@ -105,7 +114,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            init_tracing();
+            let _log = init_tracing();
             let gateway = match Gateway::load(&config) {
                 Ok(g) => g,
                 Err(e) => {

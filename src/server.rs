@@ -8,7 +8,7 @@ use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
@@ -80,5 +80,8 @@ pub fn run(gateway: Gateway) -> Result<(), String> {
     ));
     server.add_service(background_service("config reload", Hangup { reloader }));
     tracing::info!(listen = %addr, admin = ?cfg.admin_listen, routes = cfg.routes.len(), "portcullis starting");
-    server.run_forever()
+    // `run` (not `run_forever`, which exits the process) returns after shutdown, so the
+    // caller can flush the log writer.
+    server.run(RunArgs::default());
+    Ok(())
 }
