@@ -253,6 +253,7 @@ impl Refusal {
         "consent_required",
         "exchange_rejected",
         "credentials_unavailable",
+        "vault_unavailable",
         "credentials_failed",
         "approval_pending",
         "approval_denied",
