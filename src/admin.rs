@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz`
-//! (every issuer has signing keys), and behind the admin bearer secret the vault API under
-//! `/vault/` (see `admin/vault.rs`) and `POST /admin/reload` (see `crate::reload`).
+//! (every issuer has signing keys and the vault storage, if any, answers), and behind the
+//! admin bearer secret the vault API under `/vault/` (see `admin/vault.rs`) and
+//! `POST /admin/reload` (see `crate::reload`).
 
 mod vault;
 
@@ -149,8 +150,24 @@ impl ServeHttp for Admin {
                         )
                     })
                     .collect();
-                let ready = g.verifier.ready();
-                let body = serde_json::json!({"ready": ready, "issuers": issuers}).to_string();
+                let mut ready = g.verifier.ready();
+                let mut body = serde_json::json!({"ready": ready, "issuers": issuers});
+                if let Some(vault) = g.credentials.vault() {
+                    let health = vault.ping().await;
+                    if let Err(e) = &health {
+                        g.metrics
+                            .credentials
+                            .vault_backend_error(vault.kind(), "ready");
+                        tracing::warn!(backend = vault.kind(), error = %e, "vault storage unavailable");
+                    }
+                    ready &= health.is_ok();
+                    body["ready"] = ready.into();
+                    body["vault"] = serde_json::json!({
+                        "backend": vault.kind(),
+                        "available": health.is_ok(),
+                    });
+                }
+                let body = body.to_string();
                 reply(if ready { 200 } else { 503 }, "application/json", body)
             }
             _ => reply(404, "application/json", r#"{"error":"not_found"}"#.into()),

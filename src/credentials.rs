@@ -15,7 +15,7 @@ use crate::config::model::{Config, ConnectionSpec, CredentialMode, CredentialSpe
 use crate::metrics::CredentialMetrics;
 use crate::policy::Refusal;
 use crate::secret::Secret;
-use crate::vault::VaultStore;
+use crate::vault::Vault;
 use cache::{Source, TokenCache, UpstreamToken};
 use oauth::{OAuthError, TokenClient, TokenResponse};
 
@@ -34,7 +34,7 @@ pub struct Credentials {
     clients: Vec<TokenClient>,
     pub cache: TokenCache,
     metrics: CredentialMetrics,
-    vault: Option<Arc<VaultStore>>,
+    vault: Option<Vault>,
     connections: Vec<ConnectionSpec>,
 }
 
@@ -50,7 +50,7 @@ impl Credentials {
         config: &Config,
         http: reqwest::Client,
         metrics: CredentialMetrics,
-        vault: Option<Arc<VaultStore>>,
+        vault: Option<Vault>,
     ) -> Credentials {
         Credentials {
             vault,
@@ -70,7 +70,7 @@ impl Credentials {
     }
 
     /// The opened vault, if one is configured.
-    pub fn vault(&self) -> Option<&Arc<VaultStore>> {
+    pub fn vault(&self) -> Option<&Vault> {
         self.vault.as_ref()
     }
 
@@ -171,7 +171,7 @@ impl Credentials {
                     return Err(Refusal::CredentialsUnavailable);
                 };
                 let source = vault::VaultSource {
-                    store,
+                    vault: store,
                     connection: conn,
                     client: &self.clients[conn.client],
                     metrics: &self.metrics,

@@ -9,14 +9,14 @@ use crate::approval::Approvals;
 use crate::auth::jwks::IssuerKeys;
 use crate::auth::{Source as TokenSource, Verified, Verifier};
 use crate::config::model::{Config, KeySource, RouteSpec};
-use crate::config::model::{CredentialMode, VaultKeySource};
+use crate::config::model::{CredentialMode, VaultBackendSpec, VaultKeySource};
 use crate::config::{self, ConfigError, Source};
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
 use crate::policy::input::{self, RequestInfo};
 use crate::policy::rego::{entrypoint, PolicyLoadError, PolicySet};
 use crate::policy::{check_identity, Decision, Refusal};
-use crate::vault::{VaultKeys, VaultStore};
+use crate::vault::{PgStore, SqliteVault, Vault, VaultKeys};
 
 pub struct Gateway {
     pub config: Config,
@@ -149,7 +149,12 @@ impl Gateway {
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| source.error("clients", format!("cannot build HTTP client: {e}")))?;
-        let vault = open_vault(&source, &config, create_vault)?;
+        let vault = open_vault(
+            &source,
+            &config,
+            create_vault,
+            metrics.credentials.vault_db_round_trips.clone(),
+        )?;
         let approval_store = match previous {
             // Same path (checked above): the store the pending approvals' pollers write to.
             Some(old) => old.approvals.store().cloned(),
@@ -297,7 +302,8 @@ fn open_vault(
     source: &Source,
     config: &Config,
     create: bool,
-) -> Result<Option<Arc<VaultStore>>, ConfigError> {
+    round_trips: prometheus::IntCounter,
+) -> Result<Option<Vault>, ConfigError> {
     let Some(spec) = &config.vault else {
         return Ok(None);
     };
@@ -316,12 +322,22 @@ fn open_vault(
         })?,
     };
     let keys = VaultKeys::parse(&text).map_err(|e| source.error("vault", e.to_string()))?;
-    if !create && !spec.path.exists() {
-        return Ok(None);
-    }
-    let store = VaultStore::open(&spec.path, keys)
-        .map_err(|e| source.error("vault.path", format!("{}: {e}", spec.path.display())))?;
-    Ok(Some(Arc::new(store)))
+    let vault: Vault = match &spec.backend {
+        VaultBackendSpec::Sqlite(path) => {
+            if !create && !path.exists() {
+                return Ok(None);
+            }
+            Arc::new(
+                SqliteVault::open(path, keys)
+                    .map_err(|e| source.error("vault.path", format!("{}: {e}", path.display())))?,
+            )
+        }
+        VaultBackendSpec::Postgres(options) => Arc::new(
+            PgStore::open(options, keys, round_trips)
+                .map_err(|e| source.error("vault.postgres", e.to_string()))?,
+        ),
+    };
+    Ok(Some(vault))
 }
 
 fn policy_error(source: &Source, config: &Config, e: PolicyLoadError) -> ConfigError {

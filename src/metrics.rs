@@ -77,6 +77,9 @@ pub struct CredentialMetrics {
     duration: HistogramVec,
     vault_refresh: IntCounterVec,
     pub vault_errors: IntCounter,
+    vault_backend_errors: IntCounterVec,
+    /// Requests sent to the PostgreSQL vault (statements, `BEGIN`, `COMMIT`, prepares).
+    pub vault_db_round_trips: IntCounter,
 }
 
 impl CredentialMetrics {
@@ -89,6 +92,14 @@ impl CredentialMetrics {
 
     pub fn refreshed(&self, outcome: &str) {
         self.vault_refresh.with_label_values(&[outcome]).inc();
+    }
+
+    /// A vault call failed because its storage did (`backend`: sqlite, postgres; `operation`:
+    /// get, refresh, admin, ready).
+    pub fn vault_backend_error(&self, backend: &str, operation: &str) {
+        self.vault_backend_errors
+            .with_label_values(&[backend, operation])
+            .inc();
     }
 }
 
@@ -317,6 +328,19 @@ impl Metrics {
                 IntCounter::new(
                     "portcullis_vault_errors_total",
                     "Vault storage or decryption errors",
+                )
+                .expect("metric"),
+            ),
+            vault_backend_errors: counter_vec(
+                "portcullis_vault_backend_errors_total",
+                "Vault calls that failed because the storage (SQLite, PostgreSQL) did",
+                &["backend", "operation"],
+            ),
+            vault_db_round_trips: register(
+                &registry,
+                IntCounter::new(
+                    "portcullis_vault_db_round_trips_total",
+                    "Requests sent to the PostgreSQL vault database",
                 )
                 .expect("metric"),
             ),

@@ -69,6 +69,8 @@ pub enum Refusal {
     ExchangeRejected,
     /// The authorization server or vault could not be reached.
     CredentialsUnavailable,
+    /// The credential vault's storage cannot be reached or failed.
+    VaultUnavailable,
     /// The authorization server answered with an error not caused by the caller.
     CredentialsFailed,
     /// An async approval was started: 202 with its id.
@@ -124,7 +126,7 @@ impl Refusal {
             Refusal::MethodNotAllowed => 405,
             Refusal::ConsentRequired { .. } => 403,
             Refusal::ExchangeRejected => 401,
-            Refusal::CredentialsUnavailable => 503,
+            Refusal::CredentialsUnavailable | Refusal::VaultUnavailable => 503,
             Refusal::CredentialsFailed => 502,
             Refusal::ApprovalPending { .. } => 202,
             Refusal::ApprovalDenied | Refusal::ApprovalExpired | Refusal::ApprovalInvalid => 403,
@@ -156,7 +158,9 @@ impl Refusal {
             Refusal::MethodNotAllowed => "method_not_allowed",
             Refusal::ConsentRequired { .. } => "consent_required",
             Refusal::ExchangeRejected => "invalid_token",
-            Refusal::CredentialsUnavailable => "temporarily_unavailable",
+            Refusal::CredentialsUnavailable | Refusal::VaultUnavailable => {
+                "temporarily_unavailable"
+            }
             Refusal::CredentialsFailed => "bad_gateway",
             Refusal::ApprovalPending { .. } => "approval_pending",
             Refusal::ApprovalDenied => "access_denied",
@@ -213,6 +217,7 @@ impl Refusal {
             Refusal::ConsentRequired { .. } => "consent_required",
             Refusal::ExchangeRejected => "exchange_rejected",
             Refusal::CredentialsUnavailable => "credentials_unavailable",
+            Refusal::VaultUnavailable => "vault_unavailable",
             Refusal::CredentialsFailed => "credentials_failed",
             Refusal::ApprovalPending { .. } => "approval_pending",
             Refusal::ApprovalDenied => "approval_denied",
@@ -248,6 +253,7 @@ impl Refusal {
         "consent_required",
         "exchange_rejected",
         "credentials_unavailable",
+        "vault_unavailable",
         "credentials_failed",
         "approval_pending",
         "approval_denied",
@@ -306,6 +312,9 @@ impl fmt::Display for Refusal {
             }
             Refusal::CredentialsUnavailable => {
                 f.write_str("the upstream credentials cannot be obtained right now")
+            }
+            Refusal::VaultUnavailable => {
+                f.write_str("the credential vault is unavailable right now; retry later")
             }
             Refusal::CredentialsFailed => {
                 f.write_str("the gateway could not obtain credentials for the upstream")

@@ -79,6 +79,7 @@ impl Reply {
         match r {
             Refusal::KeysUnavailable
             | Refusal::CredentialsUnavailable
+            | Refusal::VaultUnavailable
             | Refusal::ApprovalFailed
             | Refusal::TooManyApprovals { .. } => {
                 reply.headers.push(("retry-after", "5".to_string()));

@@ -1,5 +1,7 @@
-//! The built-in credential vault: an embedded, encrypted store of upstream OAuth credentials,
-//! one per (user `sub`, upstream connection), kept in a single SQLite file.
+//! The built-in credential vault: an encrypted store of upstream OAuth credentials, one per
+//! (user `sub`, upstream connection), kept in a single SQLite file ([`store`], one gateway) or
+//! in PostgreSQL ([`postgres`], shared by replicas). Both implement [`VaultBackend`] and seal
+//! rows the same way ([`sealed`]).
 //!
 //! Threat model: someone who obtains the vault file alone (a backup, a copied volume, a leaked
 //! disk image) learns no token. The secret part of every credential (access token and refresh
@@ -16,16 +18,28 @@
 //! Keys rotate: the first configured key encrypts every write, the others only decrypt, and
 //! [`VaultStore::rotate`] re-encrypts old rows under the primary key.
 
+pub mod backend;
 pub mod cli;
 pub mod input;
 pub mod keys;
+pub mod postgres;
+pub(crate) mod sealed;
+pub mod sqlite;
 pub mod store;
+#[cfg(test)]
+mod suite;
+#[cfg(test)]
+mod testdb;
 
 use std::path::PathBuf;
 
 pub use crate::secret::Secret;
+pub use backend::{Update, Updater, Vault, VaultBackend};
 pub use keys::VaultKeys;
-pub use store::{Credential, CredentialMeta, VaultStore};
+pub use postgres::{PgOptions, PgStore};
+pub use sealed::{Credential, CredentialMeta};
+pub use sqlite::SqliteVault;
+pub use store::VaultStore;
 
 /// Everything that can go wrong in the vault. Messages never contain key material or tokens.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +62,13 @@ pub enum VaultError {
     /// SQLite reported an error.
     #[error("vault database error: {0}")]
     Sqlite(String),
+    /// PostgreSQL reported an error (not a connection problem).
+    #[error("vault database error: {0}")]
+    Postgres(String),
+    /// The vault database cannot be reached, did not answer in time, or a row lock was not
+    /// granted in time.
+    #[error("the vault database is unavailable: {0}")]
+    Unavailable(String),
     /// The key text is malformed (never echoes key material).
     #[error("invalid vault keys: {0}")]
     BadKey(String),
@@ -91,6 +112,20 @@ pub enum VaultError {
     /// The random generator or the cipher failed unexpectedly.
     #[error("vault crypto failure: {0}")]
     Crypto(String),
+}
+
+impl VaultError {
+    /// Whether the storage itself failed (unreachable, I/O, database error), as opposed to
+    /// bad data, keys or arguments.
+    pub fn is_backend(&self) -> bool {
+        matches!(
+            self,
+            VaultError::Io(_)
+                | VaultError::Sqlite(_)
+                | VaultError::Postgres(_)
+                | VaultError::Unavailable(_)
+        )
+    }
 }
 
 impl From<rusqlite::Error> for VaultError {

@@ -2,6 +2,8 @@
 
 #[path = "e2e/support.rs"]
 mod support;
+#[path = "../src/vault/testdb.rs"]
+mod testdb;
 
 #[path = "e2e/approval.rs"]
 mod approval;
@@ -35,3 +37,5 @@ mod proxy;
 mod reload;
 #[path = "e2e/vault.rs"]
 mod vault;
+#[path = "e2e/vault_pg.rs"]
+mod vault_pg;

@@ -5,15 +5,13 @@
 //!   expires_in? | expires_at?, scope?}`
 //! - `DELETE /vault/credentials/<connection>/<sub>` revoke (and forget cached tokens)
 
-use std::sync::Arc;
-
 use http::Response;
 use pingora::protocols::http::ServerSession;
 
 use super::{authorized, error, reply, ApiError};
 use crate::gateway::Gateway;
 use crate::vault::input::{meta_json, CredentialInput};
-use crate::vault::VaultStore;
+use crate::vault::{Vault, VaultError};
 
 /// Largest PUT body.
 const MAX_BODY: usize = 64 * 1024;
@@ -41,18 +39,22 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, ApiError> {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    store: &Arc<VaultStore>,
-    f: impl FnOnce(&VaultStore) -> Result<T, crate::vault::VaultError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "vault admin operation failed");
-            Err(error(503, "temporarily_unavailable", "the vault failed"))
+/// The API error for a failed vault call (logged and counted; no token in either).
+fn failed(g: &Gateway, vault: &Vault, e: &VaultError) -> ApiError {
+    tracing::error!(backend = vault.kind(), error = %e, "vault admin operation failed");
+    match e {
+        VaultError::InvalidArgument(m) => error(400, "invalid_request", m),
+        _ if e.is_backend() => {
+            g.metrics
+                .credentials
+                .vault_backend_error(vault.kind(), "admin");
+            error(
+                503,
+                "temporarily_unavailable",
+                "the vault storage is unavailable; retry later",
+            )
         }
-        Err(_) => Err(error(500, "internal_error", "the vault task failed")),
+        _ => error(503, "temporarily_unavailable", "the vault failed"),
     }
 }
 
@@ -88,10 +90,10 @@ async fn handle(g: &Gateway, session: &mut ServerSession) -> Result<Response<Vec
                     _ => {}
                 }
             }
-            let list = blocking(store, move |v| {
-                v.list(sub.as_deref(), connection.as_deref())
-            })
-            .await?;
+            let list = store
+                .list(sub.as_deref(), connection.as_deref())
+                .await
+                .map_err(|e| failed(g, store, &e))?;
             let items: Vec<serde_json::Value> = list.iter().map(meta_json).collect();
             let body = serde_json::json!({ "credentials": items }).to_string();
             Ok(reply(200, "application/json", body))
@@ -111,16 +113,20 @@ async fn handle(g: &Gateway, session: &mut ServerSession) -> Result<Response<Vec
             let cred = input
                 .into_credential(crate::auth::now())
                 .map_err(|e| error(400, "invalid_request", e))?;
-            let (c, s) = (connection.clone(), sub.clone());
-            blocking(store, move |v| v.put(&s, &c, &cred)).await?;
+            store
+                .put(sub, connection, &cred)
+                .await
+                .map_err(|e| failed(g, store, &e))?;
             g.credentials.cache.forget_user(sub);
             tracing::info!(connection = %connection, sub = %sub, "vault credential stored");
             let body = serde_json::json!({"stored": true, "sub": sub, "connection": connection});
             Ok(reply(200, "application/json", body.to_string()))
         }
         ("DELETE", [connection, sub]) => {
-            let (c, s) = (connection.clone(), sub.clone());
-            let revoked = blocking(store, move |v| v.revoke(&s, &c)).await?;
+            let revoked = store
+                .revoke(sub, connection)
+                .await
+                .map_err(|e| failed(g, store, &e))?;
             g.credentials.cache.forget_user(sub);
             tracing::info!(connection = %connection, sub = %sub, revoked, "vault credential revoked");
             if !revoked {

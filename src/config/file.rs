@@ -114,13 +114,30 @@ pub struct Client {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vault {
-    /// SQLite file, relative to the config file.
-    pub path: String,
+    /// SQLite file, relative to the config file (one gateway). Exactly one of `path` and
+    /// `postgres`.
+    pub path: Option<String>,
+    /// A PostgreSQL database shared by every replica.
+    pub postgres: Option<PostgresVault>,
     /// Keys come from the environment or a file, never from this file.
     pub key_env: Option<String>,
     pub key_file: Option<String>,
     #[serde(default)]
     pub connections: Vec<Connection>,
+}
+
+/// The vault's PostgreSQL database.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresVault {
+    /// Environment variable / file holding the connection string (it holds the password, so
+    /// it never goes in this file).
+    pub url_env: Option<String>,
+    pub url_file: Option<String>,
+    /// Most connections open at once. Default 8.
+    pub pool_size: Option<usize>,
+    /// Bound of connecting and of every database call. Default 5000.
+    pub timeout_ms: Option<u64>,
 }
 
 /// A third-party provider whose per-user credentials the vault holds.

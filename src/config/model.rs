@@ -90,9 +90,18 @@ pub enum VaultKeySource {
     File(PathBuf),
 }
 
+/// Where the vault's rows live.
+#[derive(Debug, Clone)]
+pub enum VaultBackendSpec {
+    /// A SQLite file (one gateway).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by replicas.
+    Postgres(crate::vault::PgOptions),
+}
+
 #[derive(Debug, Clone)]
 pub struct VaultSpec {
-    pub path: PathBuf,
+    pub backend: VaultBackendSpec,
     pub keys: VaultKeySource,
     pub connections: Vec<ConnectionSpec>,
 }

@@ -1,29 +1,23 @@
 //! Upstream tokens from the built-in vault: the stored access token while it is fresh, else a
-//! refresh_token grant at the connection's token endpoint whose result (with a rotated refresh
-//! token) is written back with compare-and-swap, so two refreshers never both win.
+//! refresh_token grant at the connection's token endpoint, done under the row's lock
+//! ([`crate::vault::VaultBackend::update_locked`]) so that replicas sharing a PostgreSQL vault
+//! never present the same (rotating) refresh token twice: the one that waited finds the
+//! refreshed row and uses it.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::model::{ConnectionSpec, CredentialSpec};
 use crate::metrics::CredentialMetrics;
 use crate::policy::Refusal;
-use crate::vault::{Credential, VaultError, VaultStore};
+use crate::vault::{Credential, Update, Vault, VaultError};
 
 use super::cache::UpstreamToken;
 use super::oauth::{OAuthError, TokenClient};
 use super::{refusal_for, valid_until};
 
-/// Run a blocking vault call off the async workers.
-async fn blocking<T: Send + 'static>(
-    store: &Arc<VaultStore>,
-    f: impl FnOnce(&VaultStore) -> Result<T, VaultError> + Send + 'static,
-) -> Result<T, VaultError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| VaultError::Sqlite(format!("vault task failed: {e}")))?
-}
+/// How much longer than the token endpoint's time-out a replica waits for another one's
+/// refresh of the same row.
+const LOCK_MARGIN: Duration = Duration::from_secs(5);
 
 /// The stored access token if it is still usable `spec.expiry_margin` from now.
 fn fresh(cred: &Credential, spec: &CredentialSpec, now: u64) -> Option<UpstreamToken> {
@@ -42,17 +36,23 @@ fn fresh(cred: &Credential, spec: &CredentialSpec, now: u64) -> Option<UpstreamT
 }
 
 pub struct VaultSource<'a> {
-    pub store: &'a Arc<VaultStore>,
+    pub vault: &'a Vault,
     pub connection: &'a ConnectionSpec,
     pub client: &'a TokenClient,
     pub metrics: &'a CredentialMetrics,
 }
 
 impl VaultSource<'_> {
-    fn vault_error(&self, e: &VaultError) -> Refusal {
+    fn vault_error(&self, operation: &str, e: &VaultError) -> Refusal {
         self.metrics.vault_errors.inc();
-        tracing::error!(connection = %self.connection.name, error = %e, "vault error; denying");
-        Refusal::CredentialsUnavailable
+        tracing::error!(connection = %self.connection.name, operation, error = %e, "vault error; denying");
+        if e.is_backend() {
+            self.metrics
+                .vault_backend_error(self.vault.kind(), operation);
+            Refusal::VaultUnavailable
+        } else {
+            Refusal::CredentialsUnavailable
+        }
     }
 
     fn consent(&self) -> Refusal {
@@ -68,19 +68,76 @@ impl VaultSource<'_> {
         spec: &CredentialSpec,
         now: u64,
     ) -> Result<UpstreamToken, Refusal> {
-        let conn = self.connection.name.to_string();
-        let (s, c) = (sub.to_string(), conn.clone());
-        let stored = blocking(self.store, move |v| v.get(&s, &c))
+        let conn = &*self.connection.name;
+        let stored = self
+            .vault
+            .get(sub, conn)
             .await
-            .map_err(|e| self.vault_error(&e))?;
-        let Some((cred, version)) = stored else {
-            return Err(self.consent());
+            .map_err(|e| self.vault_error("get", &e))?;
+        match stored {
+            None => return Err(self.consent()),
+            Some((cred, _)) => {
+                if let Some(t) = fresh(&cred, spec, now) {
+                    return Ok(t);
+                }
+                if cred.refresh_token.is_none() {
+                    return Err(self.consent());
+                }
+            }
+        }
+        // Expired: refresh under the row lock. Whoever held it before us may have refreshed.
+        let mut outcome: Option<(Result<UpstreamToken, Refusal>, bool)> = None;
+        let slot = &mut outcome;
+        let wait = self.client.spec.timeout + LOCK_MARGIN;
+        let written = self
+            .vault
+            .update_locked(
+                sub,
+                conn,
+                wait,
+                Box::new(move |row| {
+                    Box::pin(async move {
+                        let (result, update) = self.refresh(row, spec, now).await;
+                        *slot = Some((result, matches!(update, Update::Write(_))));
+                        update
+                    })
+                }),
+            )
+            .await
+            .map_err(|e| self.vault_error("refresh", &e))?;
+        let Some((result, wanted_write)) = outcome else {
+            return Err(Refusal::CredentialsUnavailable);
+        };
+        if written || !wanted_write {
+            return result;
+        }
+        // Refreshed but not written: (SQLite shared by processes) replaced meanwhile.
+        let stored = self
+            .vault
+            .get(sub, conn)
+            .await
+            .map_err(|e| self.vault_error("get", &e))?;
+        match stored {
+            None => Err(self.consent()),
+            Some((cred, _)) => fresh(&cred, spec, now).ok_or(Refusal::CredentialsUnavailable),
+        }
+    }
+
+    /// Decides for the locked row: use it if another refresher made it fresh, else refresh.
+    async fn refresh(
+        &self,
+        row: Option<(Credential, u64)>,
+        spec: &CredentialSpec,
+        now: u64,
+    ) -> (Result<UpstreamToken, Refusal>, Update) {
+        let Some((cred, _)) = row else {
+            return (Err(self.consent()), Update::Keep);
         };
         if let Some(t) = fresh(&cred, spec, now) {
-            return Ok(t);
+            return (Ok(t), Update::Keep);
         }
         let Some(refresh) = cred.refresh_token.clone() else {
-            return Err(self.consent());
+            return (Err(self.consent()), Update::Keep);
         };
         let started = Instant::now();
         let answer = self
@@ -92,7 +149,7 @@ impl VaultSource<'_> {
             .await;
         let resp = match answer {
             Ok(r) => r,
-            Err(e) => return Err(self.refresh_failed(&e, started)),
+            Err(e) => return (Err(self.refresh_failed(&e, started)), Update::Keep),
         };
         self.metrics
             .exchanged("vault", "success", started.elapsed());
@@ -106,26 +163,11 @@ impl VaultSource<'_> {
                 .map(|s| s.split_whitespace().map(str::to_string).collect())
                 .unwrap_or(cred.scopes),
         };
-        let (s, c, f) = (sub.to_string(), conn.clone(), new.clone());
-        let written = blocking(self.store, move |v| v.replace_if(&s, &c, version, &f))
-            .await
-            .map_err(|e| self.vault_error(&e))?;
-        if written {
-            return Ok(UpstreamToken {
-                valid_until: valid_until(now, resp.expires_in, spec),
-                value: new.access_token,
-            });
-        }
-        // Replaced or revoked meanwhile (another process): the stored row wins.
-        tracing::warn!(connection = %self.connection.name, "vault row changed during refresh; using the stored one");
-        let s = sub.to_string();
-        let stored = blocking(self.store, move |v| v.get(&s, &conn))
-            .await
-            .map_err(|e| self.vault_error(&e))?;
-        match stored {
-            None => Err(self.consent()),
-            Some((cred, _)) => fresh(&cred, spec, now).ok_or(Refusal::CredentialsUnavailable),
-        }
+        let token = UpstreamToken {
+            valid_until: valid_until(now, resp.expires_in, spec),
+            value: new.access_token.clone(),
+        };
+        (Ok(token), Update::Write(new))
     }
 
     fn refresh_failed(&self, e: &OAuthError, started: Instant) -> Refusal {

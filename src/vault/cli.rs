@@ -1,16 +1,14 @@
-//! `portcullis vault ...`: the admin API's operations, offline, on the vault file a
-//! configuration names. A gateway that is running keeps cached upstream tokens until they
+//! `portcullis vault ...`: the admin API's operations, without a running gateway, on the
+//! vault (SQLite file or PostgreSQL database) a configuration names. A gateway that is running keeps cached upstream tokens until they
 //! expire; revoke through the admin API to drop them at once.
 
+use clap::Subcommand;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-
-use clap::Subcommand;
 
 use super::input::{meta_json, CredentialInput};
-use super::{VaultKeys, VaultStore};
+use super::{Vault, VaultKeys};
 use crate::gateway::Gateway;
 
 #[derive(Subcommand)]
@@ -52,7 +50,7 @@ pub enum VaultCommand {
     GenerateKey,
 }
 
-fn store(config: &Path) -> Result<(Gateway, Arc<VaultStore>), String> {
+fn store(config: &Path) -> Result<(Gateway, Vault), String> {
     let g = Gateway::load(config).map_err(|e| e.to_string())?;
     let store = g
         .credentials
@@ -60,6 +58,15 @@ fn store(config: &Path) -> Result<(Gateway, Arc<VaultStore>), String> {
         .cloned()
         .ok_or_else(|| format!("{}: no `vault:` section", config.display()))?;
     Ok((g, store))
+}
+
+/// Runs a vault call to completion.
+fn wait<T>(f: impl std::future::Future<Output = T>) -> Result<T, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    Ok(rt.block_on(f))
 }
 
 fn run_inner(cmd: VaultCommand) -> Result<(), String> {
@@ -80,9 +87,7 @@ fn run_inner(cmd: VaultCommand) -> Result<(), String> {
             let input: CredentialInput = serde_json::from_str(&text)
                 .map_err(|e| format!("bad credential document on stdin: {e}"))?;
             let cred = input.into_credential(crate::auth::now())?;
-            store
-                .put(&sub, &connection, &cred)
-                .map_err(|e| e.to_string())?;
+            wait(store.put(&sub, &connection, &cred))?.map_err(|e| e.to_string())?;
             println!("stored {connection} credential of {sub}");
         }
         VaultCommand::List {
@@ -91,8 +96,7 @@ fn run_inner(cmd: VaultCommand) -> Result<(), String> {
             connection,
         } => {
             let (_, store) = store(&config)?;
-            let list = store
-                .list(sub.as_deref(), connection.as_deref())
+            let list = wait(store.list(sub.as_deref(), connection.as_deref()))?
                 .map_err(|e| e.to_string())?;
             for m in &list {
                 println!("{}", meta_json(m));
@@ -104,14 +108,14 @@ fn run_inner(cmd: VaultCommand) -> Result<(), String> {
             sub,
         } => {
             let (_, store) = store(&config)?;
-            if !store.revoke(&sub, &connection).map_err(|e| e.to_string())? {
+            if !wait(store.revoke(&sub, &connection))?.map_err(|e| e.to_string())? {
                 return Err(format!("no {connection} credential of {sub}"));
             }
             println!("revoked {connection} credential of {sub}");
         }
         VaultCommand::RotateKey { config } => {
             let (_, store) = store(&config)?;
-            let n = store.rotate().map_err(|e| e.to_string())?;
+            let n = wait(store.rotate())?.map_err(|e| e.to_string())?;
             println!("re-encrypted {n} credentials with the primary key");
         }
         VaultCommand::GenerateKey => {

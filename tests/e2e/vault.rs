@@ -90,7 +90,7 @@ fn start(yaml: &str, key: &str) -> Gw {
     )
 }
 
-fn admin(
+pub fn admin(
     gw: &Gw,
     method: reqwest::Method,
     path: &str,

@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use super::super::file;
 use super::super::model::{
     ClientAuth, ClientSpec, ConnectionSpec, CredentialMode, CredentialSpec, SigningKey,
-    VaultKeySource, VaultSpec,
+    VaultBackendSpec, VaultKeySource, VaultSpec,
 };
 use super::super::{ConfigError, Source};
 use crate::secret::Secret;
@@ -202,6 +202,16 @@ pub fn vault(
             ))
         }
     };
+    let backend = match (v.path, v.postgres) {
+        (Some(path), None) => VaultBackendSpec::Sqlite(base.join(path)),
+        (None, Some(pg)) => VaultBackendSpec::Postgres(postgres(src, base, pg)?),
+        _ => {
+            return Err(src.error(
+                "vault",
+                "set exactly one of `path` (a SQLite file) and `postgres` (a shared database)",
+            ))
+        }
+    };
     let mut connections: Vec<ConnectionSpec> = Vec::new();
     for (i, c) in v.connections.into_iter().enumerate() {
         let at = format!("vault.connections[{i}]");
@@ -217,10 +227,45 @@ pub fn vault(
         });
     }
     Ok(Some(VaultSpec {
-        path: base.join(v.path),
+        backend,
         keys,
         connections,
     }))
+}
+
+/// `vault.postgres`: the connection string from the environment or a file (checked, never
+/// echoed), the pool size and the time-out.
+fn postgres(
+    src: &Source,
+    base: &Path,
+    pg: file::PostgresVault,
+) -> Result<crate::vault::PgOptions, ConfigError> {
+    let at = if pg.url_file.is_some() {
+        "vault.postgres.url_file"
+    } else {
+        "vault.postgres.url_env"
+    };
+    let url =
+        secret(src, base, at, pg.url_env.as_deref(), pg.url_file.as_deref())?.ok_or_else(|| {
+            src.error(
+                "vault.postgres",
+                "set `url_env` or `url_file` (the connection string never goes in this file)",
+            )
+        })?;
+    crate::vault::postgres::parse_url(url.expose()).map_err(|e| src.error(at, e))?;
+    let pool_size = pg.pool_size.unwrap_or(8);
+    if !(1..=256).contains(&pool_size) {
+        return Err(src.error("vault.postgres.pool_size", "must be between 1 and 256"));
+    }
+    let timeout_ms = pg.timeout_ms.unwrap_or(5000);
+    if !(100..=60_000).contains(&timeout_ms) {
+        return Err(src.error("vault.postgres.timeout_ms", "must be between 100 and 60000"));
+    }
+    Ok(crate::vault::PgOptions {
+        url,
+        pool_size,
+        timeout: Duration::from_millis(timeout_ms),
+    })
 }
 
 pub fn credentials(
