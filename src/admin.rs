@@ -1,5 +1,5 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz`
-//! (every issuer has signing keys), and behind the admin bearer secret the vault API under
+//! (every issuer has signing keys and the state backend answers), and behind the admin bearer secret the vault API under
 //! `/vault/` (see `admin/vault.rs`) and `POST /admin/reload` (see `crate::reload`).
 
 mod vault;
@@ -149,8 +149,11 @@ impl ServeHttp for Admin {
                         )
                     })
                     .collect();
-                let ready = g.verifier.ready();
-                let body = serde_json::json!({"ready": ready, "issuers": issuers}).to_string();
+                let state_up = g.state.up();
+                let ready = g.verifier.ready() && state_up;
+                let state = serde_json::json!({"backend": g.state.backend(), "up": state_up});
+                let body = serde_json::json!({"ready": ready, "issuers": issuers, "state": state})
+                    .to_string();
                 reply(if ready { 200 } else { 503 }, "application/json", body)
             }
             _ => reply(404, "application/json", r#"{"error":"not_found"}"#.into()),
