@@ -210,6 +210,47 @@ fn an_approval_started_on_one_replica_completes_on_another_once() {
 }
 
 #[test]
+fn pending_limits_count_every_replica() {
+    let Some(redis) = redis_or_skip("replicas::pending_limits_count_every_replica") else {
+        return;
+    };
+    let (op, up) = (op(), Upstream::start());
+    let yaml = yaml(&op, &up, &redis, "{ per_second: 100, burst: 100 }");
+    let (a, b) = (replica(&yaml), replica(&yaml));
+    let token = op.alice();
+    // max_pending_per_user: 3, spread over both replicas.
+    start_approval(&a, &token, 5001);
+    start_approval(&b, &token, 5002);
+    start_approval(&a, &token, 5003);
+    for gw in [&a, &b] {
+        let (status, _, body) = parts(pay(gw, &token, 5004, None));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (429, Some("too_many_approvals")),
+            "{body}"
+        );
+    }
+    // Another user is not limited by alice's approvals.
+    let bob = op.mint(json!({"sub": "bob", "client_id": "agent-1",
+        "scope": "invoices:read invoices:pay", "set": {"dept": "finance", "roles": ["finance"]}}));
+    assert_eq!(pay(&b, &bob, 5005, None).status(), 202);
+    // An answered approval frees its slot for every replica.
+    let first = op.pending(false)[0]["auth_req_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    op.answer("deny", &first);
+    let start = Instant::now();
+    while pay(&b, &token, 5006, None).status() != 202 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the slot was never released"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
 fn a_killed_polling_replica_is_taken_over() {
     let Some(redis) = redis_or_skip("replicas::a_killed_polling_replica_is_taken_over") else {
         return;

@@ -152,3 +152,83 @@ pub fn check(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use crate::config::model::{Config, StateSpec};
+    use crate::config::{ConfigError, Source};
+
+    fn load(extra: &str) -> Result<Config, ConfigError> {
+        let policies = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let text = format!(
+            "version: 1\nlisten: \"127.0.0.1:8080\"\npolicies: {{ dir: \"{}\" }}\n\
+             issuers:\n  - {{ name: corp, issuer: \"https://idp.example.com/\", \
+             jwks_uri: \"http://127.0.0.1:1/jwks\", audiences: [api] }}\n{extra}\
+             routes:\n  - {{ name: r, match: {{ path_prefix: /r }}, \
+             upstream: \"http://127.0.0.1:9000\", auth: {{ issuer: corp }} }}\n",
+            policies.display()
+        );
+        let file = PathBuf::from("/t/portcullis.yaml");
+        Source { file, text }.parse()
+    }
+
+    #[test]
+    fn embedded_is_the_default() {
+        assert_eq!(load("").unwrap().state, StateSpec::Embedded);
+        assert_eq!(
+            load("state: { backend: embedded }\n").unwrap().state,
+            StateSpec::Embedded
+        );
+    }
+
+    #[test]
+    fn redis_settings_and_defaults() {
+        let c = load(
+            "state: { backend: redis, redis: { url: \"redis://:hunter2@127.0.0.1:6379/0\" } }\n",
+        )
+        .unwrap();
+        let StateSpec::Redis(r) = &c.state else {
+            panic!("not redis")
+        };
+        assert_eq!(r.key_prefix, "portcullis:");
+        assert_eq!(r.timeout.as_millis(), 500);
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "the password is shown"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field_and_never_the_url() {
+        for (extra, field) in [
+            ("state: { backend: memcached }\n", "state.backend"),
+            ("state: { backend: redis }\n", "state.redis"),
+            (
+                "state: { backend: redis, redis: { url: \"http://:hunter2@127.0.0.1\" } }\n",
+                "state.redis.url",
+            ),
+            (
+                "state: { backend: redis, redis: { url: \"redis://:hunter2@h\", tls: {} } }\n",
+                "state.redis.tls",
+            ),
+            (
+                "state: { backend: redis, redis: { url: \"redis://h\", timeout_ms: 0 } }\n",
+                "state.redis.timeout_ms",
+            ),
+            (
+                "state: { backend: redis, redis: { url: \"redis://h\" } }\napprovals: { store: a.db }\n",
+                "approvals.store",
+            ),
+        ] {
+            let e = load(extra).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{e}");
+            assert!(e.line.is_some(), "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        let e = load("state: { backend: redis, redis: { url: \"redis://h\", urls: [] } }\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+}
