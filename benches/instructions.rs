@@ -1,7 +1,7 @@
-//! Load-independent cost of the decision core: runs one path a given number of times, to be
-//! counted by `valgrind --tool=callgrind` (instructions, repeatable on a busy machine).
-//! `scripts/bench instructions` runs each path with 0 and N iterations and prints the
-//! difference per iteration. Run alone: `instructions <path> <iterations>`.
+//! Load-independent cost of the decision core: runs one path a given number of times inside
+//! `measured`, to be counted by `valgrind --tool=callgrind --toggle-collect='*measured*'`
+//! (instructions, repeatable on a busy machine). `scripts/bench instructions` prints the
+//! count per iteration of each path. Run alone: `instructions <path> <iterations>`.
 
 use std::hint::black_box;
 
@@ -9,7 +9,7 @@ use portcullis::policy::Decision;
 
 #[path = "support.rs"]
 mod support;
-use support::{gateway, request, signers, token};
+use support::{gateway_on, request, signers, token};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -17,6 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub const PATHS: &[&str] = &[
     "token_cache_hit",
     "rego_decision_invoices",
+    "rego_decision_invoices_vm",
     "authz_path_cached_token_scopes_rego",
     "mcp_parse_tools_call",
     "mcp_tools_list_filter_100",
@@ -31,7 +32,12 @@ fn main() {
     let iterations: u64 = args[2].parse().expect("iterations");
     let dir = tempfile::tempdir().expect("tempdir");
     let signers = signers();
-    let g = gateway(dir.path(), &signers);
+    let engine = if args[1].ends_with("_vm") {
+        "vm"
+    } else {
+        "interpreter"
+    };
+    let g = gateway_on(dir.path(), &signers, engine);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -46,22 +52,29 @@ fn main() {
         .collect();
     let list =
         serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}}).to_string();
+    let ok = measured(&args[1], iterations, &|path| match path {
+        "token_cache_hit" => rt.block_on(g.verifier.verify(0, black_box(&rs))).is_ok(),
+        "rego_decision_invoices" | "rego_decision_invoices_vm" => {
+            g.decide(0, &verified, black_box(request())).is_ok()
+        }
+        "authz_path_cached_token_scopes_rego" => {
+            let (v, _) = rt
+                .block_on(g.authenticate(&route, black_box(&rs)))
+                .expect("verifies");
+            g.decide(0, &v, request()).is_ok()
+        }
+        "mcp_parse_tools_call" => portcullis::mcp::parse(black_box(call)).is_ok(),
+        _ => portcullis::mcp::filter_tools_json(black_box(&list), |t| !t.ends_with('7')).is_some(),
+    });
+    assert_eq!(ok, iterations, "every iteration succeeds");
+}
+
+/// The counted part: `iterations` runs of `path`; returns how many succeeded.
+#[inline(never)]
+fn measured(path: &str, iterations: u64, run: &dyn Fn(&str) -> bool) -> u64 {
     let mut ok = 0u64;
     for _ in 0..iterations {
-        let done = match args[1].as_str() {
-            "token_cache_hit" => rt.block_on(g.verifier.verify(0, black_box(&rs))).is_ok(),
-            "rego_decision_invoices" => g.decide(0, &verified, black_box(request())).is_ok(),
-            "authz_path_cached_token_scopes_rego" => {
-                let (v, _) = rt
-                    .block_on(g.authenticate(&route, black_box(&rs)))
-                    .expect("verifies");
-                g.decide(0, &v, request()).is_ok()
-            }
-            "mcp_parse_tools_call" => portcullis::mcp::parse(black_box(call)).is_ok(),
-            _ => portcullis::mcp::filter_tools_json(black_box(&list), |t| !t.ends_with('7'))
-                .is_some(),
-        };
-        ok += u64::from(done);
+        ok += u64::from(run(black_box(path)));
     }
-    assert_eq!(ok, iterations, "every iteration succeeds");
+    ok
 }

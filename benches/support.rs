@@ -1,6 +1,8 @@
 //! Shared set-up of the decision-core benches: throw-away signing keys, tokens, and a gateway
 //! loaded from a temporary config (issuer with a JWKS file, the example policies).
 
+#![allow(dead_code)] // shared by two bench binaries, each using a part
+
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -59,6 +61,11 @@ pub fn token(s: &Signer, sub: &str) -> String {
 
 /// A gateway loaded from a temporary config: issuer with a JWKS file, the example policy.
 pub fn gateway(dir: &Path, signers: &[Signer]) -> Gateway {
+    gateway_on(dir, signers, "interpreter")
+}
+
+/// The same, with `policies.engine` set to `engine` (`interpreter` or `vm`).
+pub fn gateway_on(dir: &Path, signers: &[Signer], engine: &str) -> Gateway {
     let keys: Vec<Jwk> = signers
         .iter()
         .map(|s| {
@@ -73,7 +80,7 @@ pub fn gateway(dir: &Path, signers: &[Signer]) -> Gateway {
     let yaml = format!(
         r#"version: 1
 listen: "127.0.0.1:18080"
-policies: {{ dir: "{}" }}
+policies: {{ dir: "{}", engine: {engine}, timeout_ms: 10000 }}
 issuers:
   - name: corp
     issuer: "{ISSUER}"

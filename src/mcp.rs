@@ -220,8 +220,9 @@ pub fn error(id: Option<&Value>, code: i64, message: &str, data: Option<Value>) 
 
 /// Remove from a JSON-RPC response whose `result.tools` is a list every tool `allowed`
 /// refuses, without building a tree of the tools: each tool stays raw JSON and only its `name`
-/// is read. Returns the new text and how many tools were removed
-/// (`None`: not a tools/list result, or not JSON).
+/// is read, and the kept tools are spliced into the original text (everything outside the
+/// `tools` array is passed on byte for byte). Returns the new text and how many tools were
+/// removed (`None`: not a tools/list result, or not JSON).
 pub fn filter_tools_json(
     text: &str,
     mut allowed: impl FnMut(&str) -> bool,
@@ -235,26 +236,35 @@ pub fn filter_tools_json(
         #[serde(borrow)]
         name: std::borrow::Cow<'a, str>,
     }
-    let mut top: BTreeMap<&str, &RawValue> = serde_json::from_str(text).ok()?;
-    let mut result: BTreeMap<&str, &RawValue> =
-        serde_json::from_str(top.get("result")?.get()).ok()?;
-    let tools: Vec<&RawValue> = serde_json::from_str(result.get("tools")?.get()).ok()?;
+    // Maps, as before: a repeated key keeps its last value, as JSON parsers commonly do.
+    let top: BTreeMap<&str, &RawValue> = serde_json::from_str(text).ok()?;
+    let result: BTreeMap<&str, &RawValue> = serde_json::from_str(top.get("result")?.get()).ok()?;
+    let tools_raw = result.get("tools")?.get();
+    let tools: Vec<&RawValue> = serde_json::from_str(tools_raw).ok()?;
+    // Borrowed raw values are slices of `text`: where the array is.
+    let start = (tools_raw.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    let end = start.checked_add(tools_raw.len())?;
+    if text.get(start..end) != Some(tools_raw) {
+        return None;
+    }
     let before = tools.len();
-    let kept: Vec<&RawValue> = tools
-        .into_iter()
-        .filter(|t| {
-            serde_json::from_str::<Named>(t.get())
-                .map(|n| allowed(&n.name))
-                .unwrap_or(false)
-        })
-        .collect();
-    let removed = before - kept.len();
-    let kept = serde_json::to_string(&kept).ok()?;
-    let kept = RawValue::from_string(kept).ok()?;
-    result.insert("tools", &kept);
-    let result = RawValue::from_string(serde_json::to_string(&result).ok()?).ok()?;
-    top.insert("result", &result);
-    Some((serde_json::to_string(&top).ok()?, removed))
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..start]);
+    out.push('[');
+    let mut kept = 0usize;
+    for tool in tools {
+        let keep = serde_json::from_str::<Named>(tool.get()).is_ok_and(|n| allowed(&n.name));
+        if keep {
+            if kept > 0 {
+                out.push(',');
+            }
+            out.push_str(tool.get());
+            kept += 1;
+        }
+    }
+    out.push(']');
+    out.push_str(&text[end..]);
+    Some((out, before - kept))
 }
 
 /// Rewrite one SSE event (the text between blank lines, without them): a `data:` payload that

@@ -110,3 +110,30 @@ fn raw_filter_keeps_other_fields_untouched() {
     assert!(filter_tools_json(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, |_| true).is_none());
     assert!(filter_tools_json("nope", |_| true).is_none());
 }
+
+#[test]
+fn tools_filter_splices_and_keeps_the_rest_byte_for_byte() {
+    let text = r#"{ "jsonrpc": "2.0", "id": 9,
+  "result": {"tools": [ {"name": "a", "x": [1, {"name": "b"}]} , {"name":"b"},{"name":"c"} ],
+  "nextCursor": "n" } }"#;
+    let (out, removed) = filter_tools_json(text, |n| n != "b").unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(
+        out,
+        r#"{ "jsonrpc": "2.0", "id": 9,
+  "result": {"tools": [{"name": "a", "x": [1, {"name": "b"}]},{"name":"c"}],
+  "nextCursor": "n" } }"#
+    );
+    // Nothing allowed: an empty array; a tool without a string name is removed.
+    let (out, removed) =
+        filter_tools_json(r#"{"result":{"tools":[{"name":1},{"n":"a"}]}}"#, |_| true).unwrap();
+    assert_eq!((out.as_str(), removed), (r#"{"result":{"tools":[]}}"#, 2));
+    // A repeated key: the last one counts, as for the client's parser.
+    let (out, _) = filter_tools_json(
+        r#"{"result":{"tools":[{"name":"x"}]},"result":{"tools":[{"name":"a"},{"name":"b"}]}}"#,
+        |n| n == "a",
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["result"]["tools"], json!([{"name": "a"}]));
+}
