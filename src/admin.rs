@@ -1,7 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz`
-//! (every issuer has signing keys and the vault storage, if any, answers), and behind the
-//! admin bearer secret the vault API under `/vault/` (see `admin/vault.rs`) and
-//! `POST /admin/reload` (see `crate::reload`).
+//! (every issuer has signing keys, the state backend answers and the vault storage, if any,
+//! answers), and behind the admin bearer secret the vault API under `/vault/` (see
+//! `admin/vault.rs`) and `POST /admin/reload` (see `crate::reload`).
 
 mod vault;
 
@@ -150,8 +150,10 @@ impl ServeHttp for Admin {
                         )
                     })
                     .collect();
-                let mut ready = g.verifier.ready();
-                let mut body = serde_json::json!({"ready": ready, "issuers": issuers});
+                let state_up = g.state.up();
+                let mut ready = g.verifier.ready() && state_up;
+                let state = serde_json::json!({"backend": g.state.backend(), "up": state_up});
+                let mut body = serde_json::json!({"ready": ready, "issuers": issuers, "state": state});
                 if let Some(vault) = g.credentials.vault() {
                     let health = vault.ping().await;
                     if let Err(e) = &health {

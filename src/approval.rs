@@ -3,8 +3,12 @@
 //! Sync holds keep the client's connection open; async holds answer 202 and are redeemed by
 //! re-sending the same request with `Portcullis-Approval: <id>` (persisted, single-use, bound
 //! to the request). One lightweight task polls per pending approval; limits cap them in total
-//! and per user.
+//! and per user. Async approvals live in an [`backend::ApprovalBackend`]: SQLite (embedded) or
+//! Redis, where any replica can redeem them, one replica at a time polls each (a lease), and
+//! the limits count every replica's approvals. Sync holds stay with the replica holding the
+//! connection (with Redis their slots still count against the shared limits).
 
+pub mod backend;
 pub mod ciba;
 pub mod store;
 
@@ -22,8 +26,10 @@ use crate::credentials::oauth::{OAuthError, TokenClient};
 use crate::metrics::ApprovalMetrics;
 use crate::policy::{ApprovalRequest, Refusal};
 use crate::secret::Secret;
+use crate::state::StateError;
+use backend::ApprovalBackend;
 use ciba::Poll;
-use store::{ApprovalRecord, ApprovalStatus, ApprovalStore, Binding, Consume};
+use store::{ApprovalRecord, ApprovalStatus, Binding, Consume};
 
 /// Header carrying an async approval id on the retried request.
 pub const APPROVAL_HEADER: &str = "portcullis-approval";
@@ -72,7 +78,52 @@ impl Outcome {
     }
 }
 
-/// A slot in the pending limits, released on drop.
+/// A slot in the pending limits: counted in this process (embedded) or in the shared
+/// backend; released on drop.
+enum Slot {
+    Local { _held: Reservation },
+    Shared { _held: SharedSlot },
+}
+
+struct SharedSlot {
+    store: Arc<dyn ApprovalBackend>,
+    member: String,
+    sub: String,
+    /// Release on drop: sync holds, and async approvals not stored yet. A stored async
+    /// approval's slot is released by `finish` (or expires with it), never by a poller that
+    /// stops because another replica took over.
+    armed: bool,
+}
+
+impl Slot {
+    /// The approval is stored: its shared slot now goes with the record.
+    fn stored(&mut self) {
+        if let Slot::Shared { _held } = self {
+            _held.armed = false;
+        }
+    }
+}
+
+impl Drop for SharedSlot {
+    fn drop(&mut self) {
+        // A replica that dies leaves the slot to expire with the approval.
+        if !self.armed {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (store, member, sub) = (
+                self.store.clone(),
+                std::mem::take(&mut self.member),
+                std::mem::take(&mut self.sub),
+            );
+            rt.spawn(async move {
+                let _ = store.release(&member, &sub).await;
+            });
+        }
+    }
+}
+
+/// A slot in the pending limits of this process, released on drop.
 struct Reservation {
     owner: Arc<Counts>,
     sub: String,
@@ -128,7 +179,7 @@ pub struct Accepted {
 
 pub struct Approvals {
     clients: Vec<Arc<TokenClient>>,
-    store: Option<Arc<ApprovalStore>>,
+    store: Option<Arc<dyn ApprovalBackend>>,
     counts: Arc<Counts>,
     limits: ApprovalLimits,
     metrics: ApprovalMetrics,
@@ -144,22 +195,36 @@ fn lifetime(spec: &ApprovalSpec, started: &ciba::Started) -> u64 {
         .max(1)
 }
 
-/// Poll until the user answers, the request expires or `deadline` passes.
-async fn poll_until(
+/// How long a poller's lease lasts: two intervals and some slack, renewed before each wait.
+fn lease_ttl(interval: u64) -> Duration {
+    Duration::from_secs(interval * 2 + 3)
+}
+
+/// A lease for a taken-over approval, until its poller renews it with its interval.
+const ADOPT_LEASE: Duration = Duration::from_secs(10);
+
+/// Poll until the user answers, the request expires or `deadline` passes. `keep(interval)`
+/// is asked before each wait (renewing the polling lease); `None` when it says no (another
+/// replica polls now, or the backend is gone): nothing is recorded.
+async fn poll_until<K: std::future::Future<Output = bool>>(
     client: &TokenClient,
     auth_req_id: &Secret,
     mut interval: u64,
     deadline: Instant,
     on_slow_down: impl Fn(u64),
-) -> Outcome {
+    mut keep: impl FnMut(u64) -> K,
+) -> Option<Outcome> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Outcome::TimedOut;
+            return Some(Outcome::TimedOut);
+        }
+        if !keep(interval).await {
+            return None;
         }
         tokio::time::sleep(Duration::from_secs(interval).min(left)).await;
         if Instant::now() >= deadline {
-            return Outcome::TimedOut;
+            return Some(Outcome::TimedOut);
         }
         match ciba::poll(client, auth_req_id).await {
             Poll::Pending => {}
@@ -167,16 +232,16 @@ async fn poll_until(
                 interval += ciba::SLOW_DOWN_STEP;
                 on_slow_down(interval);
             }
-            Poll::Approved => return Outcome::Approved,
-            Poll::Denied => return Outcome::Denied,
-            Poll::Expired => return Outcome::Expired,
+            Poll::Approved => return Some(Outcome::Approved),
+            Poll::Denied => return Some(Outcome::Denied),
+            Poll::Expired => return Some(Outcome::Expired),
             // A network blip is retried until the deadline; an error answer is final.
             Poll::Failed(OAuthError::Unreachable(e)) => {
                 tracing::warn!(error = %e, "CIBA poll failed; retrying");
             }
             Poll::Failed(e) => {
                 tracing::warn!(error = %e, "CIBA poll refused; giving up");
-                return Outcome::Failed;
+                return Some(Outcome::Failed);
             }
         }
     }
@@ -186,7 +251,7 @@ impl Approvals {
     pub fn new(
         config: &Config,
         http: reqwest::Client,
-        store: Option<Arc<ApprovalStore>>,
+        store: Option<Arc<dyn ApprovalBackend>>,
         metrics: ApprovalMetrics,
     ) -> Approvals {
         Approvals {
@@ -209,13 +274,33 @@ impl Approvals {
     }
 
     /// The async-approval store, if configured.
-    pub fn store(&self) -> Option<&Arc<ApprovalStore>> {
+    pub fn store(&self) -> Option<&Arc<dyn ApprovalBackend>> {
         self.store.as_ref()
     }
 
     /// Pending approvals held by this process.
     pub fn pending(&self) -> usize {
         self.counts.total.load(Ordering::SeqCst)
+    }
+
+    /// A slot in the pending limits for `member` (an approval id or a sync hold's id).
+    async fn slot(&self, member: &str, sub: &str, expires_at: u64) -> Result<Slot, Refusal> {
+        match self.store.as_ref().filter(|s| s.shared()) {
+            None => self.reserve(sub).map(|r| Slot::Local { _held: r }),
+            Some(store) => {
+                store
+                    .reserve(member, sub, expires_at, &self.limits)
+                    .await??;
+                Ok(Slot::Shared {
+                    _held: SharedSlot {
+                        store: store.clone(),
+                        member: member.to_string(),
+                        sub: sub.to_string(),
+                        armed: true,
+                    },
+                })
+            }
+        }
     }
 
     fn reserve(&self, sub: &str) -> Result<Reservation, Refusal> {
@@ -271,7 +356,9 @@ impl Approvals {
         iss: &str,
         req: &ApprovalRequest,
     ) -> Result<Held, Refusal> {
-        let reservation = self.reserve(&who.sub)?;
+        let member = format!("sync:{}", uuid::Uuid::new_v4().simple());
+        let expires_at = now() + spec.max_wait.as_secs();
+        let reservation = self.slot(&member, &who.sub, expires_at).await?;
         let started = self.ask(spec, who, iss, req).await?;
         let client = self.clients[spec.client].clone();
         let interval = started.interval.unwrap_or(ciba::DEFAULT_INTERVAL);
@@ -282,8 +369,17 @@ impl Approvals {
         let task = tokio::spawn(async move {
             let _slot = reservation;
             let _gauge = gauge;
-            let outcome =
-                poll_until(&client, &started.auth_req_id, interval, deadline, |_| {}).await;
+            let keep = |_| std::future::ready(true);
+            let outcome = poll_until(
+                &client,
+                &started.auth_req_id,
+                interval,
+                deadline,
+                |_| {},
+                keep,
+            )
+            .await
+            .unwrap_or(Outcome::Failed);
             metrics.finished("sync", outcome.label());
             let _ = tx.send(Some(outcome));
         });
@@ -304,13 +400,16 @@ impl Approvals {
         binding: Binding,
     ) -> Result<Accepted, Refusal> {
         let store = self.store.clone().ok_or(Refusal::ApprovalFailed)?;
-        let reservation = self.reserve(&who.sub)?;
+        let id = store::new_id().map_err(|e| self.store_error(StateError::Store(e.to_string())))?;
+        let mut reservation = self
+            .slot(&id, &who.sub, now() + spec.max_wait.as_secs())
+            .await?;
         let started = self.ask(spec, who, iss, req).await?;
         let now = now();
         let lifetime = lifetime(spec, &started);
         let interval = started.interval.unwrap_or(ciba::DEFAULT_INTERVAL);
         let record = ApprovalRecord {
-            id: store::new_id().map_err(|e| self.store_error(&e))?,
+            id,
             route: route.to_string(),
             binding,
             auth_req_id: started.auth_req_id,
@@ -322,12 +421,11 @@ impl Approvals {
             expires_at: now + lifetime,
             updated_at: now,
         };
-        let s = store.clone();
-        let r = record.clone();
-        tokio::task::spawn_blocking(move || s.insert(&r))
+        store
+            .insert(&record, lease_ttl(interval))
             .await
-            .map_err(|e| self.store_error(&e))?
-            .map_err(|e| self.store_error(&e))?;
+            .map_err(|e| self.store_error(e))?;
+        reservation.stored();
         self.spawn_async_poller(spec.client, record.clone(), reservation);
         Ok(Accepted {
             id: record.id,
@@ -336,12 +434,13 @@ impl Approvals {
         })
     }
 
-    fn store_error(&self, e: &dyn std::fmt::Display) -> Refusal {
+    fn store_error(&self, e: impl Into<StateError>) -> Refusal {
+        let e: StateError = e.into();
         tracing::error!(error = %e, "approval store error; denying");
-        Refusal::ApprovalFailed
+        e.into()
     }
 
-    fn spawn_async_poller(&self, client: usize, record: ApprovalRecord, slot: Reservation) {
+    fn spawn_async_poller(&self, client: usize, record: ApprovalRecord, slot: Slot) {
         let Some(store) = self.store.clone() else {
             return;
         };
@@ -354,23 +453,31 @@ impl Approvals {
             let left = record.expires_at.saturating_sub(now());
             let deadline = Instant::now() + Duration::from_secs(left);
             let (id, s) = (record.id.clone(), store.clone());
+            let on_slow_down = move |interval| {
+                let (s, id) = (s.clone(), id.clone());
+                tokio::spawn(async move { s.set_interval(&id, interval).await });
+            };
+            let (id, s) = (record.id.clone(), store.clone());
+            let keep = move |interval| {
+                let (s, id) = (s.clone(), id.clone());
+                async move { matches!(s.lease(&id, lease_ttl(interval)).await, Ok(true)) }
+            };
             let outcome = poll_until(
                 &client,
                 &record.auth_req_id,
                 record.interval_secs,
                 deadline,
-                move |interval| {
-                    let _ = s.set_interval(&id, interval);
-                },
+                on_slow_down,
+                keep,
             )
             .await;
+            let Some(outcome) = outcome else {
+                tracing::info!(approval = %record.id, "approval polled by another replica now; stopping");
+                return;
+            };
             metrics.finished("async", outcome.label());
-            let id = record.id.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                store.transition(&id, ApprovalStatus::Pending, outcome.status(), now())
-            })
-            .await;
-            if !matches!(result, Ok(Ok(true))) {
+            let result = store.finish(&record, outcome.status(), now()).await;
+            if !matches!(result, Ok(true)) {
                 tracing::error!(approval = %record.id, "could not record the approval outcome");
             }
         });
@@ -378,11 +485,11 @@ impl Approvals {
 
     /// After a restart: poll again for every approval still pending in the store.
     pub async fn resume(&self, client_of_route: impl Fn(&str) -> Option<usize>) -> usize {
-        let Some(store) = self.store.clone() else {
+        let Some(store) = self.store.clone().filter(|s| !s.shared()) else {
             return 0;
         };
-        let pending = match tokio::task::spawn_blocking(move || store.pending()).await {
-            Ok(Ok(p)) => p,
+        let pending = match store.pending().await {
+            Ok(p) => p,
             _ => {
                 tracing::error!("cannot read pending approvals to resume them");
                 return 0;
@@ -403,46 +510,73 @@ impl Approvals {
                 .per_user
                 .entry(record.binding.sub.clone())
                 .or_insert(0) += 1;
-            self.spawn_async_poller(client, record, slot);
+            self.spawn_async_poller(client, record, Slot::Local { _held: slot });
             resumed += 1;
         }
         resumed
     }
 
+    /// With a shared backend: poll the pending approvals whose poller died (its lease ran
+    /// out). Called about once a second by every replica; each orphan goes to one of them.
+    pub async fn adopt_orphans(&self, client_of_route: impl Fn(&str) -> Option<usize>) -> usize {
+        let Some(store) = self.store.clone().filter(|s| s.shared()) else {
+            return 0;
+        };
+        let orphans = match store.adopt(ADOPT_LEASE, 100).await {
+            Ok(o) => o,
+            Err(_) => return 0, // logged and counted by the backend
+        };
+        let mut adopted = 0;
+        for record in orphans {
+            let Some(client) = client_of_route(&record.route) else {
+                continue;
+            };
+            tracing::info!(approval = %record.id, "taking over polling of an approval");
+            let slot = Slot::Shared {
+                _held: SharedSlot {
+                    store: store.clone(),
+                    member: record.id.clone(),
+                    sub: record.binding.sub.clone(),
+                    armed: false,
+                },
+            };
+            self.spawn_async_poller(client, record, slot);
+            adopted += 1;
+        }
+        adopted
+    }
+
     /// Redeem an async approval for the request described by `binding`.
     pub async fn redeem(&self, id: &str, binding: Binding) -> Result<Redeemed, Refusal> {
         let store = self.store.clone().ok_or(Refusal::ApprovalInvalid)?;
-        let id = id.to_string();
-        let result = tokio::task::spawn_blocking(move || {
-            let consumed = store.consume(&id, &binding, now())?;
-            let record = store.get(&id)?;
-            Ok::<_, store::ApprovalStoreError>((consumed, record))
-        })
-        .await
-        .map_err(|e| self.store_error(&e))?
-        .map_err(|e| self.store_error(&e))?;
-        match result {
-            (Consume::Consumed, _) => Ok(Redeemed::Forward),
-            (Consume::Pending, Some(r)) => Ok(Redeemed::StillPending(Accepted {
-                expires_in: r.expires_at.saturating_sub(now()),
-                retry_after: r.interval_secs,
-                id: r.id,
-            })),
-            (Consume::Denied, _) => Err(Refusal::ApprovalDenied),
-            (Consume::Expired, _) => Err(Refusal::ApprovalExpired),
-            (Consume::Failed, _) => Err(Refusal::ApprovalFailed),
+        let consumed = store
+            .consume(id, &binding, now())
+            .await
+            .map_err(|e| self.store_error(e))?;
+        match consumed {
+            Consume::Consumed => Ok(Redeemed::Forward),
+            Consume::Pending => match store.get(id).await.map_err(|e| self.store_error(e))? {
+                Some(r) => Ok(Redeemed::StillPending(Accepted {
+                    expires_in: r.expires_at.saturating_sub(now()),
+                    retry_after: r.interval_secs,
+                    id: r.id,
+                })),
+                None => Err(Refusal::ApprovalInvalid),
+            },
+            Consume::Denied => Err(Refusal::ApprovalDenied),
+            Consume::Expired => Err(Refusal::ApprovalExpired),
+            Consume::Failed => Err(Refusal::ApprovalFailed),
             _ => Err(Refusal::ApprovalInvalid),
         }
     }
 
     /// An async approval's record (for its status endpoint; the caller checks the owner).
-    pub async fn record(&self, id: &str) -> Option<ApprovalRecord> {
-        let store = self.store.clone()?;
-        let id = id.to_string();
-        tokio::task::spawn_blocking(move || store.get(&id))
-            .await
-            .ok()?
-            .ok()?
+    /// `Ok(None)`: unknown; `Err`: the store failed (fail closed).
+    pub async fn record(&self, id: &str) -> Result<Option<ApprovalRecord>, Refusal> {
+        let Some(store) = self.store.clone() else {
+            return Ok(None);
+        };
+        store.get(id).await.map_err(|e| self.store_error(e))
     }
 }
 

@@ -1,7 +1,10 @@
 //! Calling upstreams on the user's behalf: the user's token is swapped for a token issued
 //! for the upstream, by RFC 8693 token exchange, by Auth0 Token Vault's federated-connection
 //! exchange, or from the built-in vault. Tokens are cached per (route, issuer, sub, agent)
-//! with single-flight; every failure refuses the request (fail closed).
+//! with single-flight; every failure refuses the request (fail closed). With a shared state
+//! backend, exchanged tokens are also shared (encrypted) by the replicas: a local miss asks
+//! the shared cache before the authorization server (single-flight across replicas is
+//! best-effort: two replicas missing at once both exchange).
 
 pub mod cache;
 pub mod oauth;
@@ -15,6 +18,7 @@ use crate::config::model::{Config, ConnectionSpec, CredentialMode, CredentialSpe
 use crate::metrics::CredentialMetrics;
 use crate::policy::Refusal;
 use crate::secret::Secret;
+use crate::state::SharedTokens;
 use crate::vault::Vault;
 use cache::{Source, TokenCache, UpstreamToken};
 use oauth::{OAuthError, TokenClient, TokenResponse};
@@ -36,6 +40,7 @@ pub struct Credentials {
     metrics: CredentialMetrics,
     vault: Option<Vault>,
     connections: Vec<ConnectionSpec>,
+    shared: Option<Arc<dyn SharedTokens>>,
 }
 
 /// `valid_until` for a token that lives `expires_in` seconds from `now`: the configured
@@ -66,6 +71,44 @@ impl Credentials {
                 .collect(),
             cache: TokenCache::new(config.token_cache_entries),
             metrics,
+            shared: None,
+        }
+    }
+
+    /// Share exchanged tokens with other replicas through `shared`.
+    pub fn with_shared(mut self, shared: Option<Arc<dyn SharedTokens>>) -> Credentials {
+        self.shared = shared;
+        self
+    }
+
+    /// The shared cache's token for `key`, if any. Its failure is not a refusal: the token
+    /// is obtained from the authorization server instead (logged and counted).
+    async fn shared_token(
+        &self,
+        spec: &CredentialSpec,
+        key: &cache::SlotKey,
+        now: u64,
+    ) -> Option<UpstreamToken> {
+        let shared = self.shared.as_ref().filter(|_| shareable(spec))?;
+        let t = shared.get(key, now).await.ok().flatten()?;
+        self.metrics.cache_shared_hit.inc();
+        Some(t)
+    }
+
+    /// Store `t` in the shared cache, no longer than `limit` (the subject token's expiry).
+    async fn share(
+        &self,
+        spec: &CredentialSpec,
+        key: &cache::SlotKey,
+        t: &UpstreamToken,
+        limit: u64,
+    ) {
+        if let Some(shared) = self.shared.as_ref().filter(|_| shareable(spec)) {
+            let capped = UpstreamToken {
+                value: t.value.clone(),
+                valid_until: t.valid_until.min(limit),
+            };
+            let _ = shared.put(key, &capped, now()).await;
         }
     }
 
@@ -91,8 +134,15 @@ impl Credentials {
         let now = now();
         let result = self
             .cache
-            .get_or_fetch(key, &id.sub, now, verified.valid_until, || {
-                self.fetch(route, spec, verified, subject_token, now)
+            .get_or_fetch(key, &id.sub, now, verified.valid_until, || async move {
+                if let Some(t) = self.shared_token(spec, &key, now).await {
+                    return Ok(t);
+                }
+                let t = self
+                    .fetch(route, spec, verified, subject_token, now)
+                    .await?;
+                self.share(spec, &key, &t, verified.valid_until).await;
+                Ok(t)
             })
             .await;
         match &result {
@@ -202,6 +252,12 @@ impl Credentials {
         tracing::warn!(route = %route.name, mode, error = %e, "obtaining the upstream token failed; denying");
         refusal
     }
+}
+
+/// Whether tokens of this mode go to the shared cache: exchanged ones. Vault tokens stay per
+/// replica (a revocation through the admin API drops them from that replica's cache only).
+fn shareable(spec: &CredentialSpec) -> bool {
+    !matches!(spec.mode, CredentialMode::Vault { .. })
 }
 
 /// Metric outcome and client-facing refusal of a token-endpoint failure.

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::approval::backend::{ApprovalBackend, Sqlite};
 use crate::approval::store::ApprovalStore;
 use crate::approval::Approvals;
 use crate::auth::jwks::IssuerKeys;
@@ -16,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::policy::input::{self, RequestInfo};
 use crate::policy::rego::{entrypoint, PolicyLoadError, PolicySet};
 use crate::policy::{check_identity, Decision, Refusal};
+use crate::state::State;
 use crate::vault::{PgStore, SqliteVault, Vault, VaultKeys};
 
 pub struct Gateway {
@@ -29,8 +31,9 @@ pub struct Gateway {
     pub verifier: Verifier,
     pub credentials: Credentials,
     pub approvals: Approvals,
-    /// Shared with the configurations reloaded from this one.
-    pub rate_limits: Arc<crate::ratelimit::RateLimiter>,
+    /// Rate-limit buckets, shared upstream tokens, the state backend: shared with the
+    /// configurations reloaded from this one.
+    pub state: Arc<State>,
     pub metrics: Metrics,
 }
 
@@ -155,10 +158,26 @@ impl Gateway {
             create_vault,
             metrics.credentials.vault_db_round_trips.clone(),
         )?;
-        let approval_store = match previous {
+        let state = match previous {
+            // `state:` is unchanged (checked above).
+            Some(old) => old.state.clone(),
+            None => Arc::new(
+                State::open(
+                    &config,
+                    metrics.state.clone(),
+                    vault_key_text(&config).as_deref(),
+                )
+                .map_err(|e| source.error("state", e))?,
+            ),
+        };
+        let approval_store: Option<Arc<dyn ApprovalBackend>> = match (previous, &state.redis) {
             // Same path (checked above): the store the pending approvals' pollers write to.
-            Some(old) => old.approvals.store().cloned(),
-            None => open_approval_store(&source, &config, create_vault)?,
+            (Some(old), _) => old.approvals.store().cloned(),
+            (None, Some(redis)) => Some(Arc::new(
+                crate::state::redis::approvals::RedisApprovals::new(redis.clone()),
+            )),
+            (None, None) => open_approval_store(&source, &config, create_vault)?
+                .map(|s| Arc::new(Sqlite(s)) as Arc<dyn ApprovalBackend>),
         };
         let mut approvals = Approvals::new(
             &config,
@@ -169,7 +188,8 @@ impl Gateway {
         if let Some(old) = previous {
             approvals.carry_pending(&old.approvals);
         }
-        let credentials = Credentials::new(&config, token_http, metrics.credentials.clone(), vault);
+        let credentials = Credentials::new(&config, token_http, metrics.credentials.clone(), vault)
+            .with_shared(state.tokens.clone());
         let credential_inputs = config
             .routes
             .iter()
@@ -188,7 +208,7 @@ impl Gateway {
             })
             .collect();
         Ok(Gateway {
-            rate_limits: previous.map_or_else(Default::default, |p| p.rate_limits.clone()),
+            state,
             approvals,
             credentials,
             credential_inputs,
@@ -202,25 +222,27 @@ impl Gateway {
     }
 
     /// The route's per-agent limit, then (for an MCP `tool`) its per-agent-and-tool limit.
-    pub fn rate_check(
+    /// Fails closed (503 `state_unavailable`) when shared buckets cannot be reached.
+    pub async fn rate_check(
         &self,
         route: &RouteSpec,
         agent: Option<&str>,
         tool: Option<&str>,
     ) -> Result<(), Refusal> {
-        let now = std::time::Instant::now();
         let agent = agent.unwrap_or("-");
         let (rate, key, is_tool) = match (tool, route.tool_rate, route.agent_rate) {
             (Some(t), Some(rate), _) => (rate, format!("{}\0{agent}\0{t}", route.name), true),
             (None, _, Some(rate)) => (rate, format!("{}\0{agent}", route.name), false),
             _ => return Ok(()),
         };
-        self.rate_limits
-            .check(&key, rate, now)
-            .map_err(|retry_after| Refusal::RateLimited {
+        match self.state.take(&key, rate).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(retry_after)) => Err(Refusal::RateLimited {
                 retry_after,
                 tool: is_tool,
-            })
+            }),
+            Err(_) => Err(Refusal::StateUnavailable), // logged and counted by the backend
+        }
     }
 
     /// Verify the bearer token for `route` and apply its identity checks.
@@ -295,6 +317,15 @@ fn open_approval_store(
     ApprovalStore::open(path)
         .map(|s| Some(Arc::new(s)))
         .map_err(|e| source.error("approvals.store", format!("{}: {e}", path.display())))
+}
+
+/// The vault's key text (for the shared token cache), if a vault is configured and its keys
+/// can be read (`open_vault` reports the errors).
+fn vault_key_text(config: &Config) -> Option<String> {
+    match &config.vault.as_ref()?.keys {
+        VaultKeySource::Env(var) => std::env::var(var).ok(),
+        VaultKeySource::File(p) => std::fs::read_to_string(p).ok(),
+    }
 }
 
 /// Open the configured vault with keys from the environment or the key file.

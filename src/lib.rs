@@ -2,7 +2,7 @@
 //!
 //! Pure decision core (no pingora, unit-testable alone): `config`, `claims`, `roles`,
 //! `policy`, `respond`, `metrics`, `gateway`, `auth` (its only I/O is fetching JWKS).
-//! pingora glue: `proxy`, `admin`, `server`, `reload`.
+//! pingora glue: `proxy`, `admin`, `server`, `reload`. Replica-shared state: `state`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -23,4 +23,5 @@ pub mod respond;
 pub mod roles;
 pub mod secret;
 pub mod server;
+pub mod state;
 pub mod vault;

@@ -73,6 +73,8 @@ impl JwksMetrics {
 pub struct CredentialMetrics {
     pub cache_hit: IntCounter,
     pub cache_miss: IntCounter,
+    /// Local misses answered by the shared (Redis) cache.
+    pub cache_shared_hit: IntCounter,
     exchanges: IntCounterVec,
     duration: HistogramVec,
     vault_refresh: IntCounterVec,
@@ -199,6 +201,7 @@ pub struct Metrics {
     /// Tool names already used as label values (bounded, against label explosion).
     mcp_tools: Arc<dashmap::DashSet<String>>,
     pub reloads: ReloadMetrics,
+    pub state: crate::state::metrics::StateMetrics,
 }
 
 /// Distinct tool label values kept; further tools are counted as `other`.
@@ -299,6 +302,7 @@ impl Metrics {
         let credentials = CredentialMetrics {
             cache_hit: upstream_cache.with_label_values(&["hit"]),
             cache_miss: upstream_cache.with_label_values(&["miss"]),
+            cache_shared_hit: upstream_cache.with_label_values(&["shared_hit"]),
             exchanges: counter_vec(
                 "portcullis_token_exchanges_total",
                 "Upstream-token requests by mode (token_exchange, token_vault, vault) and outcome",
@@ -366,6 +370,7 @@ impl Metrics {
             &["route", "method", "tool", "decision"],
         );
         Metrics {
+            state: crate::state::metrics::StateMetrics::register(&registry),
             families,
             reloads,
             mcp_requests,
@@ -427,6 +432,7 @@ impl Metrics {
             mcp_requests: self.mcp_requests.clone(),
             mcp_tools: self.mcp_tools.clone(),
             reloads: self.reloads.clone(),
+            state: self.state.clone(),
         }
     }
 

@@ -94,6 +94,8 @@ pub enum Refusal {
     },
     /// The client went away while its call was held.
     ClientClosed,
+    /// The shared state backend (Redis) a decision needs cannot be reached.
+    StateUnavailable,
     /// A rate limit of the route (per agent, or per agent and tool).
     RateLimited {
         retry_after: u64,
@@ -136,6 +138,7 @@ impl Refusal {
             Refusal::TooManyApprovals { .. } => 429,
             Refusal::ClientClosed => 499,
             Refusal::RateLimited { .. } => 429,
+            Refusal::StateUnavailable => 503,
             Refusal::JsonRpc { status, .. } => *status,
         }
     }
@@ -172,6 +175,7 @@ impl Refusal {
             Refusal::TooManyApprovals { .. } => "too_many_approvals",
             Refusal::ClientClosed => "client_closed",
             Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::StateUnavailable => "state_unavailable",
             Refusal::JsonRpc { .. } => "jsonrpc_error",
         }
     }
@@ -229,6 +233,7 @@ impl Refusal {
             Refusal::TooManyApprovals { .. } => "too_many_approvals",
             Refusal::ClientClosed => "client_closed",
             Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::StateUnavailable => "state_unavailable",
             Refusal::JsonRpc { label, .. } => label,
         }
     }
@@ -265,6 +270,7 @@ impl Refusal {
         "too_many_approvals",
         "client_closed",
         "rate_limited",
+        "state_unavailable",
         "jsonrpc_invalid",
         "mcp_header_mismatch",
         "mcp_denied",
@@ -346,6 +352,9 @@ impl fmt::Display for Refusal {
                 f.write_str("too many approvals are pending")
             }
             Refusal::ClientClosed => f.write_str("the client closed the connection"),
+            Refusal::StateUnavailable => f.write_str(
+                "the gateway's shared state cannot be reached; the request is refused",
+            ),
             Refusal::RateLimited { retry_after, tool } => write!(
                 f,
                 "rate limit of this {} exceeded; retry in {retry_after} s",

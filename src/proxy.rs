@@ -52,6 +52,8 @@ pub struct Ctx {
     /// Refusal or policy-failure detail for the decision log.
     reason: Option<String>,
     authz_micros: u64,
+    /// State-backend (Redis) operations made for this request.
+    state_ops: u32,
 }
 
 fn route_name(ctx: &Ctx) -> &str {
@@ -157,7 +159,8 @@ impl Proxy {
             TokenSource::Verified => g.metrics.token_cache_misses.inc(),
         }
         ctx.verified = Some(verified.clone());
-        g.rate_check(&route, verified.identity.agent.as_deref(), None)?;
+        g.rate_check(&route, verified.identity.agent.as_deref(), None)
+            .await?;
         let subject_token = route.credentials.as_ref().map(|_| token.to_string());
         let approval = match &route.mcp {
             Some(m) => {
@@ -266,6 +269,7 @@ impl ProxyHttp for Proxy {
             outcome: "none",
             reason: None,
             authz_micros: 0,
+            state_ops: 0,
         }
     }
 
@@ -285,7 +289,10 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         if session.req_header().uri.path().starts_with(STATUS_PREFIX) {
-            return match hold::status(session, &g).await {
+            let (status, ops) = crate::state::counting(hold::status(session, &g)).await;
+            ctx.state_ops = ops;
+            g.metrics.state.per_request.observe(f64::from(ops));
+            return match status {
                 Ok(reply) => {
                     ctx.outcome = "approval_status";
                     self.write_reply(session, ctx, &reply).await?;
@@ -295,8 +302,10 @@ impl ProxyHttp for Proxy {
             };
         }
         let start = Instant::now();
-        let result = self.authorize(session, ctx, &g).await;
+        let (result, ops) = crate::state::counting(self.authorize(session, ctx, &g)).await;
         ctx.authz_micros = start.elapsed().as_micros() as u64;
+        ctx.state_ops = ops;
+        g.metrics.state.per_request.observe(f64::from(ops));
         let metrics = g.metrics.route(route_name(ctx));
         metrics.authz_seconds.observe(start.elapsed().as_secs_f64());
         match result {
@@ -474,6 +483,7 @@ impl ProxyHttp for Proxy {
             reason = ctx.reason.as_deref(),
             status,
             authz_us = ctx.authz_micros,
+            state_ops = ctx.state_ops,
             duration_us = ctx.started.elapsed().as_micros() as u64,
             error = e.map(|e| e.etype().as_str()),
             "request"

@@ -1,5 +1,6 @@
-//! Token buckets per key (agent, or agent + tool) in a `DashMap`. Exact per process: with
-//! several replicas each holds its own buckets (the scale-out issue shares them).
+//! Token buckets per key (agent, or agent + tool) in a `DashMap`. Exact per process; with
+//! `state.backend: redis` the buckets live in Redis and these serve as an exact local
+//! pre-check (see `crate::state::State::take`).
 
 use std::time::Instant;
 
@@ -45,6 +46,13 @@ impl RateLimiter {
         }
         let wait = (1.0 - b.tokens) / rate.per_second;
         Err(wait.ceil().max(1.0) as u64)
+    }
+
+    /// Give back a token taken by `check` (the shared bucket refused or failed).
+    pub fn refund(&self, key: &str, rate: Rate) {
+        if let Some(mut b) = self.buckets.get_mut(key) {
+            b.tokens = (b.tokens + 1.0).min(rate.burst);
+        }
     }
 
     /// Forget buckets that would be full again (idle keys).

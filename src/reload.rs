@@ -20,7 +20,7 @@ use crate::config::{ConfigError, Source};
 use crate::gateway::Gateway;
 
 /// Fail unless every setting applied only at start is the same in `new` as in `old`
-/// (listeners, TLS files, admin listener, `server:`, the approval store).
+/// (listeners, TLS files, admin listener, `server:`, the approval store, `state:`).
 pub fn unchanged_at_runtime(
     source: &Source,
     old: &Config,
@@ -62,7 +62,25 @@ pub fn unchanged_at_runtime(
             .as_ref()
             .map_or("none".to_string(), |p| p.display().to_string())
     };
-    fixed("approvals.store", store(old), store(new))
+    fixed("approvals.store", store(old), store(new))?;
+    if old.state != new.state {
+        // Described without the URL (it may hold a password).
+        let describe = |c: &Config| match &c.state {
+            crate::config::model::StateSpec::Embedded => "embedded".to_string(),
+            crate::config::model::StateSpec::Redis(r) => format!("redis {r:?}"),
+        };
+        let (running, file) = (describe(old), describe(new));
+        let (running, file) = if running == file {
+            (
+                format!("{running} (URL or key)"),
+                format!("{file} (changed)"),
+            )
+        } else {
+            (running, file)
+        };
+        fixed("state", running, file)?;
+    }
+    Ok(())
 }
 
 /// The outcome of a successful reload.

@@ -81,6 +81,7 @@ impl Reply {
             | Refusal::CredentialsUnavailable
             | Refusal::VaultUnavailable
             | Refusal::ApprovalFailed
+            | Refusal::StateUnavailable
             | Refusal::TooManyApprovals { .. } => {
                 reply.headers.push(("retry-after", "5".to_string()));
             }
@@ -212,6 +213,15 @@ mod tests {
         assert!(header(&r, "www-authenticate")
             .unwrap()
             .contains("error=\"insufficient_scope\", scope=\"a b\""));
+    }
+
+    #[test]
+    fn state_unavailable_is_a_503_with_retry_after() {
+        let r = Reply::refusal(&Refusal::StateUnavailable);
+        assert_eq!(r.status, 503);
+        assert_eq!(header(&r, "retry-after"), Some("5"));
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["error"], "state_unavailable");
     }
 
     #[test]

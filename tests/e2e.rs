@@ -33,8 +33,12 @@ mod mcp_peer;
 mod policy;
 #[path = "e2e/proxy.rs"]
 mod proxy;
+#[path = "e2e/redis_peer.rs"]
+mod redis_peer;
 #[path = "e2e/reload.rs"]
 mod reload;
+#[path = "e2e/replicas.rs"]
+mod replicas;
 #[path = "e2e/vault.rs"]
 mod vault;
 #[path = "e2e/vault_pg.rs"]

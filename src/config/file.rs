@@ -26,7 +26,44 @@ pub struct FileConfig {
     pub vault: Option<Vault>,
     #[serde(default)]
     pub approvals: Approvals,
+    /// Where state shared by replicas lives (approvals, rate limits, upstream-token cache).
+    pub state: Option<State>,
     pub routes: Vec<Route>,
+}
+
+/// `state: { backend: embedded }` (default) or `state: { backend: redis, redis: {...} }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// `embedded` (in-process + SQLite, the default) or `redis`.
+    pub backend: String,
+    pub redis: Option<Redis>,
+}
+
+/// The Redis server the replicas share.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    /// `redis://[user:password@]host:port/db` or `rediss://` (TLS). Or `url_env`.
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    /// Prefix of every key (default `portcullis:`).
+    pub key_prefix: Option<String>,
+    /// Limit of one Redis operation (default 500 ms); over it the decision fails closed.
+    pub timeout_ms: Option<u64>,
+    /// Key of the shared upstream-token cache (`id:base64`, like vault keys) when there is no
+    /// vault; environment variable or file.
+    pub cache_key_env: Option<String>,
+    pub cache_key_file: Option<String>,
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS settings of a `rediss://` URL.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTls {
+    /// PEM file of the CA(s) that signed the server's certificate (default: system roots).
+    pub ca_file: Option<String>,
 }
 
 /// Limits and persistence of approval holds.

@@ -29,6 +29,8 @@ pub struct Config {
     pub clients: Vec<Arc<ClientSpec>>,
     pub vault: Option<VaultSpec>,
     pub approvals: ApprovalLimits,
+    /// Where replica-shared state lives.
+    pub state: StateSpec,
     /// Bearer secret of the admin API's `/vault` endpoints (absent: those endpoints are off).
     pub admin_token: Option<Secret>,
     pub routes: Vec<Arc<RouteSpec>>,
@@ -118,6 +120,37 @@ pub struct ApprovalLimits {
     pub store: Option<PathBuf>,
     pub max_pending: usize,
     pub max_pending_per_user: usize,
+}
+
+/// Where approvals, rate-limit buckets and the upstream-token cache live.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StateSpec {
+    /// In this process (and `approvals.store` SQLite): today's single-replica behaviour.
+    #[default]
+    Embedded,
+    Redis(RedisSpec),
+}
+
+/// A Redis server shared by the replicas. `Debug` hides the URL (it may hold a password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSpec {
+    pub url: Secret,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    /// Text of the upstream-token cache key(s) (`id:base64`), when configured.
+    pub cache_key: Option<Secret>,
+    /// PEM CA file for `rediss://`.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RedisSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSpec")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("tls", &self.url.expose().starts_with("rediss://"))
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 mod approval;
 mod credentials;
 mod mcp;
+mod state;
 mod target;
 
 use std::collections::HashSet;
@@ -98,6 +99,7 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
     let clients = credentials::clients(src, &base, raw.clients)?;
     let vault = credentials::vault(src, &base, raw.vault, &clients)?;
     let approvals = approval::limits(src, &base, raw.approvals)?;
+    let state = state::state(src, &base, raw.state)?;
 
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut route_names = HashSet::new();
@@ -121,7 +123,9 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
     if routes.is_empty() {
         return Err(src.error("routes", "at least one route is required"));
     }
-    approval::check_routes(src, &routes, &approvals)?;
+    let shared = !matches!(state, super::model::StateSpec::Embedded);
+    approval::check_routes(src, &routes, &approvals, shared)?;
+    state::check(src, &state, &approvals, vault.is_some(), &routes)?;
 
     Ok(Config {
         source: src.file.clone(),
@@ -151,6 +155,7 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
         clients,
         vault,
         approvals,
+        state,
         admin_token,
         routes,
     })

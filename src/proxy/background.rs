@@ -1,6 +1,7 @@
 //! Background work on pingora's background runtime: JWKS refresh per issuer (honouring
-//! max-age, backing off on failure), the token-cache sweep, and resuming pending async
-//! approvals after a restart. On each configuration reload the per-issuer refresh tasks are
+//! max-age, backing off on failure), the token-cache sweep, resuming pending async
+//! approvals after a restart and, with a shared state backend, taking over (once a second)
+//! the approvals whose polling replica died. On each configuration reload the per-issuer refresh tasks are
 //! replaced by tasks for the new configuration's issuers (which kept their schedule when
 //! their JWKS did not change).
 
@@ -56,6 +57,11 @@ fn spawn_refreshers(g: &Gateway) -> JoinSet<()> {
     tasks
 }
 
+/// Whether approvals are shared with other replicas (fixed for the process's life).
+fn g_shared(state: &ArcSwap<Gateway>) -> bool {
+    state.load().state.redis.is_some()
+}
+
 #[async_trait]
 impl BackgroundService for Refresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -69,6 +75,9 @@ impl BackgroundService for Refresher {
         }
         drop(g);
         let mut tick = tokio::time::interval(Duration::from_secs(30));
+        let mut orphans = tokio::time::interval(Duration::from_secs(1));
+        orphans.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shared = g_shared(&self.state);
         let mut reloads = true;
         loop {
             tokio::select! {
@@ -83,6 +92,13 @@ impl BackgroundService for Refresher {
                     }
                     refreshers.abort_all();
                     refreshers = spawn_refreshers(&self.state.load_full());
+                }
+                _ = orphans.tick(), if shared => {
+                    let g = self.state.load_full();
+                    let adopted = g.approvals.adopt_orphans(|route| g.approval_client(route)).await;
+                    if adopted > 0 {
+                        tracing::info!(adopted, "took over polling of approvals whose replica stopped");
+                    }
                 }
                 _ = tick.tick() => {
                     let g = self.state.load_full();

@@ -18,7 +18,7 @@ pub async fn status(session: &Session, g: &Gateway) -> Result<Reply, Refusal> {
     let req = session.req_header();
     let id = req.uri.path().strip_prefix(STATUS_PREFIX).unwrap_or("");
     let token = bearer_of(&req.headers)?;
-    let record = g.approvals.record(id).await.ok_or(Refusal::NoRoute)?;
+    let record = g.approvals.record(id).await?.ok_or(Refusal::NoRoute)?;
     let route = g
         .config
         .routes

@@ -55,7 +55,7 @@ fn info<'a>(req: &'a RequestHeader, route: &RouteSpec, mcp: Value) -> RequestInf
 }
 
 /// The policy's answer for one message (`Err`: the refusal to report for it).
-fn decide(
+async fn decide(
     g: &Gateway,
     index: usize,
     req: &RequestHeader,
@@ -66,25 +66,24 @@ fn decide(
     if m.method.is_none() {
         return Ok(None); // a response to a server request
     }
-    let limited = |ok| match m.tool() {
-        Some(t) => g
-            .rate_check(route, verified.identity.agent.as_deref(), Some(t))
-            .map(|_| ok),
-        None => Ok(ok),
+    let outcome = match route.policy {
+        None => None,
+        Some(_) => match g.decide(index, verified, info(req, route, m.policy_input())) {
+            Ok(Decision::Allow) => None,
+            Ok(Decision::Deny(r)) => return Err(r),
+            Ok(Decision::RequireApproval(a)) => Some(a),
+            Err(detail) => {
+                g.metrics.route(&route.name).policy_errors.inc();
+                tracing::warn!(route = %route.name, error = %detail, "policy evaluation failed; denying");
+                return Err(Refusal::PolicyError);
+            }
+        },
     };
-    if route.policy.is_none() {
-        return limited(None);
+    if let Some(t) = m.tool() {
+        g.rate_check(route, verified.identity.agent.as_deref(), Some(t))
+            .await?;
     }
-    match g.decide(index, verified, info(req, route, m.policy_input())) {
-        Ok(Decision::Allow) => limited(None),
-        Ok(Decision::Deny(r)) => Err(r),
-        Ok(Decision::RequireApproval(a)) => limited(Some(a)),
-        Err(detail) => {
-            g.metrics.route(&route.name).policy_errors.inc();
-            tracing::warn!(route = %route.name, error = %detail, "policy evaluation failed; denying");
-            Err(Refusal::PolicyError)
-        }
-    }
+    Ok(outcome)
 }
 
 /// Authorize a POSTed JSON-RPC body. `Ok(Some(..))`: a single call the user must approve.
@@ -119,7 +118,7 @@ pub async fn authorize(
     match &parsed {
         Body::Single(m) => {
             ctx.rpc_id = Some(m.id.clone());
-            let outcome = decide(g, index, req, route, verified, m);
+            let outcome = decide(g, index, req, route, verified, m).await;
             g.metrics.mcp(&route.name, m, outcome_label(&outcome));
             let approval = outcome?;
             ctx.tools.wanted = m.method.as_deref() == Some("tools/list") && route.policy.is_some();
@@ -127,10 +126,10 @@ pub async fn authorize(
         }
         Body::Batch(items) => {
             // All or nothing: one refused element refuses the whole batch, nothing is forwarded.
-            let outcomes: Vec<_> = items
-                .iter()
-                .map(|m| decide(g, index, req, route, verified, m))
-                .collect();
+            let mut outcomes = Vec::with_capacity(items.len());
+            for m in items {
+                outcomes.push(decide(g, index, req, route, verified, m).await);
+            }
             for (m, o) in items.iter().zip(&outcomes) {
                 g.metrics.mcp(&route.name, m, outcome_label(o));
             }

@@ -104,18 +104,19 @@ pub fn approval(
     })
 }
 
-/// Cross-route checks: an async route needs `approvals.store`.
+/// Cross-route checks: an async route needs `approvals.store` (or a shared state backend).
 pub fn check_routes(
     src: &Source,
     routes: &[Arc<RouteSpec>],
     limits: &ApprovalLimits,
+    shared_state: bool,
 ) -> Result<(), ConfigError> {
     for (i, r) in routes.iter().enumerate() {
         let Some(a) = &r.approval else { continue };
-        if a.mode == ApprovalMode::Async && limits.store.is_none() {
+        if a.mode == ApprovalMode::Async && limits.store.is_none() && !shared_state {
             return Err(src.error(
                 &format!("routes[{i}].approval.mode"),
-                "async approvals survive restarts in `approvals.store`: set it",
+                "async approvals survive restarts in `approvals.store` (or `state.backend: redis`): set it",
             ));
         }
     }

@@ -1,0 +1,142 @@
+//! Where async approvals are kept, behind one trait so the backends are swappable: the SQLite
+//! [`ApprovalStore`] (embedded: one process, survives restarts) or Redis
+//! (`crate::state::redis::approvals`: shared by replicas, which lease the polling of each
+//! approval and take over the ones whose poller died).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::store::{ApprovalRecord, ApprovalStatus, ApprovalStore, Binding, Consume};
+use crate::config::model::ApprovalLimits;
+use crate::policy::Refusal;
+use crate::state::StateError;
+
+#[async_trait]
+pub trait ApprovalBackend: Send + Sync {
+    /// Whether other replicas share this store: then the pending limits, the polling leases
+    /// and the adoption of orphaned approvals are kept here.
+    fn shared(&self) -> bool;
+
+    /// Count `member` (an approval id, or a sync hold's id) against the pending limits of
+    /// `sub` until `expires_at` (unix seconds) or [`ApprovalBackend::release`].
+    /// `Ok(Err(refusal))`: a limit is reached.
+    async fn reserve(
+        &self,
+        member: &str,
+        sub: &str,
+        expires_at: u64,
+        limits: &ApprovalLimits,
+    ) -> Result<Result<(), Refusal>, StateError>;
+
+    async fn release(&self, member: &str, sub: &str) -> Result<(), StateError>;
+
+    /// Store a new pending record; this process holds its polling lease for `lease`.
+    async fn insert(&self, r: &ApprovalRecord, lease: Duration) -> Result<(), StateError>;
+
+    async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StateError>;
+
+    /// `Pending` → `to` (compare-and-swap); releases the record's slot and lease.
+    async fn finish(
+        &self,
+        r: &ApprovalRecord,
+        to: ApprovalStatus,
+        now: u64,
+    ) -> Result<bool, StateError>;
+
+    async fn set_interval(&self, id: &str, interval_secs: u64) -> Result<(), StateError>;
+
+    /// Single use, atomically: see [`ApprovalStore::consume`].
+    async fn consume(&self, id: &str, b: &Binding, now: u64) -> Result<Consume, StateError>;
+
+    /// Pending records to poll again after a restart (embedded only; shared backends adopt).
+    async fn pending(&self) -> Result<Vec<ApprovalRecord>, StateError>;
+
+    /// Take or renew the right to poll `id` for `ttl`; false if another replica holds it or
+    /// the approval is no longer pending.
+    async fn lease(&self, id: &str, ttl: Duration) -> Result<bool, StateError>;
+
+    /// Pending approvals whose poller's lease ran out (it died): leased to this process now.
+    async fn adopt(&self, ttl: Duration, limit: usize) -> Result<Vec<ApprovalRecord>, StateError>;
+}
+
+/// The embedded backend: the SQLite store (one process; limits are counted in memory).
+pub struct Sqlite(pub Arc<ApprovalStore>);
+
+async fn blocking<T: Send + 'static>(
+    store: &Arc<ApprovalStore>,
+    f: impl FnOnce(&ApprovalStore) -> Result<T, super::store::ApprovalStoreError> + Send + 'static,
+) -> Result<T, StateError> {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || f(&s))
+        .await
+        .map_err(|e| StateError::Store(e.to_string()))?
+        .map_err(|e| StateError::Store(e.to_string()))
+}
+
+#[async_trait]
+impl ApprovalBackend for Sqlite {
+    fn shared(&self) -> bool {
+        false
+    }
+
+    async fn reserve(
+        &self,
+        _: &str,
+        _: &str,
+        _: u64,
+        _: &ApprovalLimits,
+    ) -> Result<Result<(), Refusal>, StateError> {
+        Ok(Ok(()))
+    }
+
+    async fn release(&self, _: &str, _: &str) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    async fn insert(&self, r: &ApprovalRecord, _: Duration) -> Result<(), StateError> {
+        let r = r.clone();
+        blocking(&self.0, move |s| s.insert(&r)).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StateError> {
+        let id = id.to_string();
+        blocking(&self.0, move |s| s.get(&id)).await
+    }
+
+    async fn finish(
+        &self,
+        r: &ApprovalRecord,
+        to: ApprovalStatus,
+        now: u64,
+    ) -> Result<bool, StateError> {
+        let id = r.id.clone();
+        blocking(&self.0, move |s| {
+            s.transition(&id, ApprovalStatus::Pending, to, now)
+        })
+        .await
+    }
+
+    async fn set_interval(&self, id: &str, interval_secs: u64) -> Result<(), StateError> {
+        let id = id.to_string();
+        blocking(&self.0, move |s| s.set_interval(&id, interval_secs)).await
+    }
+
+    async fn consume(&self, id: &str, b: &Binding, now: u64) -> Result<Consume, StateError> {
+        let (id, b) = (id.to_string(), b.clone());
+        blocking(&self.0, move |s| s.consume(&id, &b, now)).await
+    }
+
+    async fn pending(&self) -> Result<Vec<ApprovalRecord>, StateError> {
+        blocking(&self.0, |s| s.pending()).await
+    }
+
+    async fn lease(&self, _: &str, _: Duration) -> Result<bool, StateError> {
+        Ok(true)
+    }
+
+    async fn adopt(&self, _: Duration, _: usize) -> Result<Vec<ApprovalRecord>, StateError> {
+        Ok(Vec::new())
+    }
+}
