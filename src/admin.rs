@@ -153,7 +153,8 @@ impl ServeHttp for Admin {
                 let state_up = g.state.up();
                 let mut ready = g.verifier.ready() && state_up;
                 let state = serde_json::json!({"backend": g.state.backend(), "up": state_up});
-                let mut body = serde_json::json!({"ready": ready, "issuers": issuers, "state": state});
+                let mut body =
+                    serde_json::json!({"ready": ready, "issuers": issuers, "state": state});
                 if let Some(vault) = g.credentials.vault() {
                     let health = vault.ping().await;
                     if let Err(e) = &health {
