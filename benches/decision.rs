@@ -17,7 +17,7 @@ use portcullis::secret::Secret;
 
 #[path = "support.rs"]
 mod support;
-use support::{gateway, now, request, signers, token};
+use support::{gateway, gateway_on, now, request, signers, token};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -72,6 +72,12 @@ fn benches(c: &mut Criterion) {
 
     c.bench_function("rego_decision_invoices", |b| {
         b.iter(|| g.decide(0, &verified, black_box(request())).is_ok())
+    });
+    let vm_dir = tempfile::tempdir().expect("tempdir");
+    let g_vm = gateway_on(vm_dir.path(), &signers, "vm");
+    assert_eq!(g_vm.decide(0, &verified, request()), Ok(Decision::Allow));
+    c.bench_function("rego_decision_invoices_vm", |b| {
+        b.iter(|| g_vm.decide(0, &verified, black_box(request())).is_ok())
     });
 
     // Exchanged-token cache hit: fill the slot once (the token endpoint is never called).
