@@ -17,56 +17,25 @@ import json
 import os
 import resource
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from loopback import ROOT, free_port, http, metric, rss_kib, wait
+
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
 MODE = sys.argv[2] if len(sys.argv) > 2 else "sync"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def http(method, url, body=None, headers=None, timeout=30):
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return r.status, r.read()
 
 
-def wait(url, secs=60):
-    end = time.time() + secs
-    while time.time() < end:
-        try:
-            http("GET", url, timeout=2)
-            return
-        except Exception:
-            time.sleep(0.2)
-    raise SystemExit(f"{url} not ready")
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
-def metric(admin, name):
-    _, text = http("GET", f"{admin}/metrics")
-    for line in text.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
 
 
 def latencies(gw, token, n=500):

@@ -27,44 +27,23 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from loopback import ROOT, free_port, http, wait
+
 AUDIENCE = "https://api.portcullis.test"
 CPU_LOAD, CPU_SERVERS = "0", "1"
 MCP_BODY = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                        "params": {"name": "read_invoice", "arguments": {"id": "INV-1"}}})
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def http(method, url, body=None, headers=None, timeout=10):
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return r.status, r.read()
 
 
-def wait(url, secs=60, headers=None):
-    end = time.time() + secs
-    while time.time() < end:
-        try:
-            http("GET", url, headers=headers, timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return
-        except Exception:
-            time.sleep(0.2)
-    raise SystemExit(f"{url} not ready")
 
 
 def cpu_ns(pids):
@@ -337,7 +316,7 @@ def main():
         gw_vm = stack.spawn([os.path.join(args.release_dir, "portcullis"), "run", "--config", vm_cfg],
                             env=dict(os.environ, BENCH_SECRET="portcullis-secret"), log="portcullis-vm.log")
         for key in ["up", "nginx", "pingora", "envoy", "envoy_jwt", "gw", "gw_vm"]:
-            wait(f"http://127.0.0.1:{ports[key]}/")
+            wait(f"http://127.0.0.1:{ports[key]}/", any_status=True)
         for key in ["admin", "admin_vm"]:
             wait(f"http://127.0.0.1:{ports[key]}/readyz")
 
