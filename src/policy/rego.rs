@@ -40,7 +40,7 @@ pub struct PolicySet {
     files: Vec<PathBuf>,
     /// RVM programs by entry point (`data.<package>.decision`).
     programs: HashMap<String, VmProgram>,
-    timer: Option<ExecutionTimerConfig>,
+    timer: ExecutionTimerConfig,
 }
 
 #[derive(Clone)]
@@ -60,13 +60,13 @@ impl VmProgram {
         Ok(VmProgram { policy, program })
     }
 
-    fn run(&self, input: Value, timer: Option<ExecutionTimerConfig>) -> Result<Value, String> {
+    fn run(&self, input: Value, timer: ExecutionTimerConfig) -> Result<Value, String> {
         let mut vm = RegoVM::new_with_policy(self.policy.clone());
         vm.load_program(Arc::clone(&self.program));
         vm.set_strict_builtin_errors(true);
         // The wall-clock limit bounds evaluation, as with the interpreter.
         vm.set_max_instructions(usize::MAX);
-        vm.set_execution_timer_config(timer);
+        vm.set_execution_timer_config(Some(timer));
         vm.set_input(input);
         vm.execute().map_err(|e| e.to_string())
     }
@@ -129,7 +129,7 @@ impl PolicySet {
                 engine: Engine::new(),
                 files: Vec::new(),
                 programs: HashMap::new(),
-                timer: Some(timer),
+                timer,
             });
         }
         let (mut engine, files) = engine_for_dir(dir, false)?;
@@ -165,7 +165,7 @@ impl PolicySet {
             if kind == PolicyEngine::Vm {
                 let entry = entrypoint(package);
                 match VmProgram::compile(&engine, &entry)
-                    .and_then(|p| p.run(sample_input(), Some(timer)).map(|v| (p, v)))
+                    .and_then(|p| p.run(sample_input(), timer).map(|v| (p, v)))
                 {
                     Ok((program, answer)) if answer == result => {
                         programs.insert(entry, program);
@@ -186,7 +186,7 @@ impl PolicySet {
             engine,
             files,
             programs,
-            timer: Some(timer),
+            timer,
         })
     }
 

@@ -262,45 +262,17 @@ impl PgStore {
         row: &SealedRow<'_>,
         expected: i64,
     ) -> Result<bool, VaultError> {
-        let n = self
-            .execute(
-                client,
-                UPDATE,
-                &[
-                    &row.sub,
-                    &row.connection,
-                    &row.key_id,
-                    &&row.nonce[..],
-                    &row.ciphertext,
-                    &row.expires_at,
-                    &row.scopes,
-                    &row.has_refresh_token,
-                    &row.updated_at,
-                    &expected,
-                ],
-            )
-            .await?;
+        let nonce = &row.nonce[..];
+        let mut params = row_params(row, &nonce);
+        params.push(&expected);
+        let n = self.execute(client, UPDATE, &params).await?;
         Ok(n == 1)
     }
 
     /// [`PUT`] of a sealed row.
     async fn upsert(&self, client: &Object, row: &SealedRow<'_>) -> Result<(), VaultError> {
-        self.execute(
-            client,
-            PUT,
-            &[
-                &row.sub,
-                &row.connection,
-                &row.key_id,
-                &&row.nonce[..],
-                &row.ciphertext,
-                &row.expires_at,
-                &row.scopes,
-                &row.has_refresh_token,
-                &row.updated_at,
-            ],
-        )
-        .await?;
+        let nonce = &row.nonce[..];
+        self.execute(client, PUT, &row_params(row, &nonce)).await?;
         Ok(())
     }
 
@@ -491,6 +463,22 @@ fn classify(e: &tokio_postgres::Error) -> VaultError {
         }
         _ => VaultError::Unavailable(message),
     }
+}
+
+/// A sealed row's columns as `$1`..`$9` of [`PUT`] and [`UPDATE`] (`nonce`: the row's nonce
+/// as a slice, which is what PostgreSQL's `bytea` takes).
+fn row_params<'r>(row: &'r SealedRow<'_>, nonce: &'r &'r [u8]) -> Vec<&'r (dyn ToSql + Sync)> {
+    vec![
+        &row.sub,
+        &row.connection,
+        &row.key_id,
+        nonce,
+        &row.ciphertext,
+        &row.expires_at,
+        &row.scopes,
+        &row.has_refresh_token,
+        &row.updated_at,
+    ]
 }
 
 #[cfg(test)]
