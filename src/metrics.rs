@@ -162,6 +162,13 @@ impl RouteFamilies {
     }
 }
 
+/// Downstream connections: open now, and refused at `server.max_connections`.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    pub open: IntGauge,
+    pub refused: IntCounter,
+}
+
 /// Configuration reloads: outcomes, the generation serving and when it was loaded.
 #[derive(Clone)]
 pub struct ReloadMetrics {
@@ -202,6 +209,7 @@ pub struct Metrics {
     mcp_tools: Arc<dashmap::DashSet<String>>,
     pub reloads: ReloadMetrics,
     pub state: crate::state::metrics::StateMetrics,
+    pub connections: ConnectionMetrics,
 }
 
 /// Distinct tool label values kept; further tools are counted as `other`.
@@ -285,6 +293,24 @@ impl Metrics {
                 IntGauge::new(
                     "portcullis_config_loaded_timestamp_seconds",
                     "Unix time the serving configuration was loaded",
+                )
+                .expect("metric"),
+            ),
+        };
+        let connections = ConnectionMetrics {
+            open: register(
+                &registry,
+                IntGauge::new(
+                    "portcullis_connections_open",
+                    "Downstream connections open now",
+                )
+                .expect("metric"),
+            ),
+            refused: register(
+                &registry,
+                IntCounter::new(
+                    "portcullis_connections_refused_total",
+                    "Downstream connections refused (503) at server.max_connections",
                 )
                 .expect("metric"),
             ),
@@ -373,6 +399,7 @@ impl Metrics {
             state: crate::state::metrics::StateMetrics::register(&registry),
             families,
             reloads,
+            connections,
             mcp_requests,
             mcp_tools: Arc::new(dashmap::DashSet::new()),
             approvals,
@@ -433,6 +460,7 @@ impl Metrics {
             mcp_tools: self.mcp_tools.clone(),
             reloads: self.reloads.clone(),
             state: self.state.clone(),
+            connections: self.connections.clone(),
         }
     }
 

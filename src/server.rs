@@ -6,7 +6,7 @@ use std::sync::Arc;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::ProxyServiceBuilder;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -17,6 +17,8 @@ use crate::gateway::Gateway;
 use crate::proxy::background::Refresher;
 use crate::proxy::Proxy;
 use crate::reload::{Hangup, Reloader};
+
+mod limit;
 
 /// Start serving; returns only on shutdown (SIGTERM: graceful, SIGINT: fast). SIGHUP
 /// reloads the configuration file.
@@ -42,10 +44,12 @@ pub fn run(gateway: Gateway) -> Result<(), String> {
     let reloader = Arc::new(Reloader::new(path, state.clone()));
     let mut options = HttpServerOptions::default();
     options.h2c = cfg.listen.h2c && cfg.listen.tls.is_none();
-    let mut service = ProxyServiceBuilder::new(&server.configuration, proxy)
-        .name("portcullis")
-        .server_options(options)
-        .build();
+    let connections = state.load().metrics.connections.clone();
+    let mut app = HttpProxy::new(proxy, server.configuration.clone());
+    app.handle_init_modules();
+    app.server_options = Some(options);
+    let app = limit::Limited::new(app, cfg.server.max_connections, connections);
+    let mut service = Service::new("portcullis".to_string(), app);
     let addr = cfg.listen.addr.to_string();
     match &cfg.listen.tls {
         None => service.add_tcp(&addr),

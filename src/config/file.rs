@@ -240,6 +240,9 @@ pub struct Server {
     pub grace_period_seconds: Option<u64>,
     pub graceful_shutdown_timeout_seconds: Option<u64>,
     pub upstream_keepalive_pool_size: Option<usize>,
+    /// Open downstream connections at most; over it a new one gets 503 and is closed.
+    /// Default 10000.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,7 +253,7 @@ pub struct Policies {
     pub dir: Option<String>,
     /// Wall-clock limit of one evaluation. Default 50 ms.
     pub timeout_ms: Option<u64>,
-    /// `vm` (default) or `interpreter`.
+    /// `interpreter` (default) or `vm`.
     pub engine: Option<crate::config::model::PolicyEngine>,
 }
 

@@ -244,6 +244,7 @@ pub struct ServerSpec {
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
     pub upstream_keepalive_pool_size: usize,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -71,6 +71,12 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
             raw.server.upstream_keepalive_pool_size,
             128,
         )?,
+        max_connections: positive(
+            src,
+            "server.max_connections",
+            raw.server.max_connections,
+            10_000,
+        )?,
     };
     let policy_dir = match &raw.policies.dir {
         Some(d) => base.join(d),

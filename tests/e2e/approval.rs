@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{client, config, free_port, parts, Gw, Op, Upstream};
+use crate::support::{client, config, free_port, metric, parts, Gw, Op, Upstream};
 
 pub(crate) const SECRET: (&str, &str) = ("PORTCULLIS_TEST_CLIENT_SECRET", "portcullis-secret");
 
@@ -301,6 +301,50 @@ fn per_user_limit_is_429() {
     }
     assert_eq!(first.join().unwrap().0, 403);
     assert_eq!(second.join().unwrap().0, 403);
+}
+
+#[test]
+fn total_pending_limit_is_429() {
+    let op = op();
+    let up = Upstream::start();
+    let config = yaml(
+        &op,
+        &up,
+        &format!("{}/backchannel", op.url()),
+        ", max_wait_seconds: 30",
+        None,
+    )
+    .replace(
+        "max_pending_per_user: 2",
+        "max_pending: 1, max_pending_per_user: 2",
+    );
+    assert!(config.contains("max_pending: 1"));
+    let gw = Gw::start_env(&config, true, &[SECRET]);
+    let token = op.alice();
+    let first = pay_in_background(&gw, &token, 5000);
+    let start = Instant::now();
+    while op.pending(false).is_empty() && start.elapsed() < Duration::from_secs(10) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Under the per-user limit (2) but over the total (1): refused, nobody asked.
+    let (status, _, body) = parts(pay(&gw, &token, 5001, None));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("too_many_approvals")),
+        "{body}"
+    );
+    assert_eq!(
+        body["error_description"].as_str(),
+        Some("too many approvals are pending"),
+        "{body}"
+    );
+    assert_eq!(op.pending(false).len(), 1);
+    for p in op.pending(false) {
+        op.answer("deny", p["auth_req_id"].as_str().unwrap());
+    }
+    assert_eq!(first.join().unwrap().0, 403);
+    // The slot is free again.
+    assert_eq!(metric(&gw.metrics(), "portcullis_approvals_pending "), 0);
 }
 
 pub(crate) fn raw_get(port: u16, path: &str, token: &str) -> Value {

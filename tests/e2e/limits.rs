@@ -1,5 +1,6 @@
 //! Resource limits: request head size (431; pingora's own hard limits answer 400), the
-//! approval body bound, per-agent rate limits on an HTTP route. Every refusal is counted.
+//! approval body bound, per-agent rate limits on an HTTP route, open connections (503).
+//! Every refusal is counted.
 //!
 //! Covered elsewhere: the policy body bound (`policy.rs`), the MCP body bound (`mcp.rs`),
 //! pending approvals per user (`approval.rs`), per-tool rate limits (`mcp.rs`), the JWKS
@@ -195,4 +196,55 @@ fn per_agent_rate_limit_on_an_http_route() {
         1,
         "{metrics}"
     );
+}
+
+/// A kept-alive connection that has been answered once (it stays open, idle).
+fn open_connection(port: u16) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /public/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s
+}
+
+#[test]
+fn connections_over_the_limit_get_503_and_idle_ones_count() {
+    let op = shared_op();
+    let up = Upstream::start();
+    let yaml = config(&op.url(), &op.issuer, &up.url(), standard_routes()).replace(
+        "graceful_shutdown_timeout_seconds: 1 }",
+        "graceful_shutdown_timeout_seconds: 1, max_connections: 2 }",
+    );
+    assert!(yaml.contains("max_connections: 2"));
+    let gw = Gw::start(&yaml);
+    let first = open_connection(gw.port);
+    let _second = open_connection(gw.port);
+    // Both are idle now, but open: a third connection is refused before its request is read.
+    let third = raw(gw.port, b"GET /public/2 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(third.starts_with("HTTP/1.1 503"), "{third}");
+    assert!(third.contains("too_many_connections"), "{third}");
+    let metrics = gw.metrics();
+    assert_eq!(metric(&metrics, "portcullis_connections_refused_total "), 1);
+    assert_eq!(metric(&metrics, "portcullis_connections_open "), 2);
+    assert_eq!(
+        up.requests().len(),
+        2,
+        "the refused request was not forwarded"
+    );
+    // Closing one frees its slot.
+    drop(first);
+    let start = std::time::Instant::now();
+    while metric(&gw.metrics(), "portcullis_connections_open ") > 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the slot was not freed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _fourth = open_connection(gw.port);
+    assert_eq!(up.requests().len(), 3);
 }

@@ -163,6 +163,19 @@ impl Op {
     }
 
     /// alice (roles finance, admin; dept finance) via agent-1 with read and pay scopes.
+    /// A JWS over `payload` with `header` (alg RS256 and the current kid unless given),
+    /// signed by the OP's own RS256 key (`/test/sign`).
+    pub fn sign(&self, header: Value, payload: &Value) -> String {
+        let r: Value = client()
+            .post(format!("{}/test/sign", self.url()))
+            .json(&json!({"header": header, "payload": payload}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        r["token"].as_str().unwrap().to_string()
+    }
+
     pub fn alice(&self) -> String {
         self.mint(json!({"sub": "alice", "client_id": "agent-1",
                          "scope": "invoices:read invoices:pay", "set": {"dept": "finance"}}))

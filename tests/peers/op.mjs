@@ -4,7 +4,9 @@
 //        ACCESS_TOKEN_TTL, OP_STORE_SIZE)
 // Test-only hooks: GET /pending, POST /approve/<auth_req_id|latest>, POST /deny/<auth_req_id|latest>,
 //   POST /test/token (mint a user access token, see mintToken), GET /test/stats (request counts),
-//   POST /test/rotate (new signing keys; the previous ones stay published until the next rotation)
+//   POST /test/rotate (new signing keys; the previous ones stay published until the next rotation),
+//   POST /test/sign {header, payload} (sign any JOSE header with the OP's current RS256 key, so
+//   a hostile header can be tested apart from a bad signature)
 // PARENT_PID: exit when that process is gone (tests share one OP per test binary).
 import http from 'node:http';
 import crypto from 'node:crypto';
@@ -313,6 +315,14 @@ http.createServer(async (req, res) => {
   if (url.pathname === '/token') stats.token += 1;
   if (req.method === 'GET' && url.pathname === '/test/stats') return send(res, 200, stats);
   if (req.method === 'POST' && url.pathname === '/test/rotate') return send(res, 200, rotate());
+  if (req.method === 'POST' && url.pathname === '/test/sign') {
+    const { header, payload } = await readJson(req);
+    const key = signing.find((k) => k.alg === 'RS256');
+    const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+    const input = `${b64({ alg: 'RS256', kid: key.kid, ...header })}.${b64(payload)}`;
+    const sig = crypto.sign('sha256', Buffer.from(input), crypto.createPrivateKey({ key, format: 'jwk' }));
+    return send(res, 200, { token: `${input}.${sig.toString('base64url')}` });
+  }
   if (req.method === 'POST' && url.pathname === '/test/token') {
     try {
       return send(res, 200, await mintToken(await readJson(req)));
