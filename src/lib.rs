@@ -12,6 +12,7 @@ pub mod claims;
 pub mod config;
 pub mod credentials;
 pub mod gateway;
+pub mod logwriter;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;

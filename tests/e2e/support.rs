@@ -71,7 +71,12 @@ fn wait_child(
         }
         thread::sleep(Duration::from_millis(50));
     }
-    panic!("{what} not ready after {timeout:?}");
+    // E.g. one of its ports was taken by another process's connection between `free_port`
+    // and its bind, so a listener never came up: start again on other ports.
+    eprintln!("{what} not ready after {timeout:?}; starting it again");
+    let _ = child.kill();
+    let _ = child.wait();
+    false
 }
 
 // === OpenID Provider ===
@@ -488,7 +493,7 @@ impl Gw {
         };
         let probe = if wait_ready { "readyz" } else { "healthz" };
         let url = format!("{}/{probe}", gw.admin_url());
-        let up = wait_child("gateway", &mut gw.child, Duration::from_secs(60), || {
+        let up = wait_child("gateway", &mut gw.child, Duration::from_secs(30), || {
             client()
                 .get(&url)
                 .send()
@@ -519,7 +524,10 @@ impl Gw {
             .unwrap()
     }
 
+    /// The gateway's log so far. Lines reach the file up to 10 ms after they are logged (the
+    /// log writer batches them), so this waits a few times that first.
     pub fn log(&self) -> String {
+        thread::sleep(Duration::from_millis(50));
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 
