@@ -1,6 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz`
-//! (every issuer has signing keys, the state backend answers and the vault storage, if any,
-//! answers), and behind the admin bearer secret the vault API under `/vault/` (see
+//! (every issuer has signing keys; the shared state backend and the vault storage are
+//! reported, as `degraded`, but do not make a replica unready: every replica shares them, so
+//! an outage would take all replicas out of the load balancer, routes that do not need them
+//! included), and behind the admin bearer secret the vault API under `/vault/` (see
 //! `admin/vault.rs`) and `POST /admin/reload` (see `crate::reload`).
 
 mod vault;
@@ -151,7 +153,8 @@ impl ServeHttp for Admin {
                     })
                     .collect();
                 let state_up = g.state.up();
-                let mut ready = g.verifier.ready() && state_up;
+                let ready = g.verifier.ready();
+                let mut degraded = !state_up;
                 let state = serde_json::json!({"backend": g.state.backend(), "up": state_up});
                 let mut body =
                     serde_json::json!({"ready": ready, "issuers": issuers, "state": state});
@@ -163,13 +166,13 @@ impl ServeHttp for Admin {
                             .vault_backend_error(vault.kind(), "ready");
                         tracing::warn!(backend = vault.kind(), error = %e, "vault storage unavailable");
                     }
-                    ready &= health.is_ok();
-                    body["ready"] = ready.into();
+                    degraded |= health.is_err();
                     body["vault"] = serde_json::json!({
                         "backend": vault.kind(),
                         "available": health.is_ok(),
                     });
                 }
+                body["degraded"] = degraded.into();
                 let body = body.to_string();
                 reply(if ready { 200 } else { 503 }, "application/json", body)
             }

@@ -11,6 +11,8 @@
 pub mod backend;
 pub mod ciba;
 pub mod store;
+#[cfg(test)]
+mod suite;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

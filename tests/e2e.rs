@@ -35,6 +35,8 @@ mod policy;
 mod proxy;
 #[path = "e2e/redis_peer.rs"]
 mod redis_peer;
+#[path = "e2e/redis_tls.rs"]
+mod redis_tls;
 #[path = "e2e/reload.rs"]
 mod reload;
 #[path = "e2e/replicas.rs"]

@@ -1,6 +1,8 @@
 //! A real `redis-server` per test on a free loopback port, in a temporary directory, without
-//! persistence; killed (and restartable on the same port) by the test.
+//! persistence; killed (and restartable on the same port) by the test. `start_tls` serves TLS
+//! only, with a certificate for 127.0.0.1 from a throw-away CA made by the `openssl` CLI.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -10,6 +12,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// TLS only: the CA certificate that signed the server's.
+    tls_ca: Option<PathBuf>,
 }
 
 /// Whether `redis-server` can be run (scripts/test installs it).
@@ -24,6 +28,11 @@ fn available() -> bool {
 
 /// A started Redis, or `None` after printing why the test is skipped.
 pub fn redis_or_skip(test: &str) -> Option<RedisServer> {
+    redis_present(test).then(RedisServer::start)
+}
+
+/// Whether Redis can be run; if not, says the test is skipped (or fails under scripts/test).
+pub fn redis_present(test: &str) -> bool {
     if !available() {
         let why = format!("{test}: redis-server not found (scripts/test installs it with apt)");
         // scripts/test (and so CI) installs the engine: there a skip would hide a lost suite.
@@ -32,9 +41,9 @@ pub fn redis_or_skip(test: &str) -> Option<RedisServer> {
             "PORTCULLIS_REQUIRE_PEERS is set but {why}"
         );
         eprintln!("SKIPPED {why}");
-        return None;
+        return false;
     }
-    Some(RedisServer::start())
+    true
 }
 
 impl RedisServer {
@@ -43,16 +52,50 @@ impl RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            tls_ca: None,
         };
         r.restart();
         r
     }
 
+    /// A Redis that speaks TLS only (no plaintext port); `ca()` is its CA certificate.
+    pub fn start_tls() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        make_certificates(dir.path());
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+            tls_ca: Some(dir.path().join("ca.crt")),
+            dir,
+        };
+        r.restart();
+        r
+    }
+
+    /// The CA certificate of a TLS Redis.
+    pub fn ca(&self) -> &Path {
+        self.tls_ca.as_deref().expect("a TLS Redis")
+    }
+
     fn spawn(&self) -> Child {
-        Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
-            .args(["--save", "", "--appendonly", "no", "--dir"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1"]);
+        match &self.tls_ca {
+            None => cmd.arg("--port").arg(self.port.to_string()),
+            Some(ca) => {
+                let file = |name: &str| self.dir.path().join(name);
+                cmd.args(["--port", "0", "--tls-port"])
+                    .arg(self.port.to_string())
+                    .arg("--tls-cert-file")
+                    .arg(file("server.crt"))
+                    .arg("--tls-key-file")
+                    .arg(file("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(ca)
+                    .args(["--tls-auth-clients", "no"])
+            }
+        };
+        cmd.args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -79,15 +122,23 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// `redis-cli` output of one command ("" if it could not run).
     pub fn cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p"])
-            .arg(self.port.to_string())
-            .args(args)
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p"])
+            .arg(self.port.to_string());
+        if let Some(ca) = &self.tls_ca {
+            cmd.arg("--tls").arg("--cacert").arg(ca);
+        }
+        cmd.args(args)
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
@@ -108,6 +159,79 @@ impl RedisServer {
         }
         out
     }
+}
+
+/// A CA and a server certificate for IP 127.0.0.1 signed by it (P-256 keys), in `dir`.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl (scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &key[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=portcullis test CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"],
+            &key[..],
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
 }
 
 impl Drop for RedisServer {

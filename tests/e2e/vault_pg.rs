@@ -216,12 +216,13 @@ fn pg_vault_is_shared_by_replicas_refreshes_once_and_survives_an_outage() {
         .get(format!("{}/readyz", a.admin_url()))
         .send()
         .unwrap();
-    assert_eq!(ready.status().as_u16(), 503);
+    assert_eq!(ready.status().as_u16(), 200, "degraded, not unready");
     let ready: Value = ready.json().unwrap();
     assert_eq!(
         ready["vault"],
         json!({"backend": "postgres", "available": false})
     );
+    assert_eq!(ready["degraded"], true);
     let m = a.metrics();
     assert!(
         metric(
@@ -250,6 +251,7 @@ fn pg_vault_is_shared_by_replicas_refreshes_once_and_survives_an_outage() {
         .send()
         .unwrap();
     assert_eq!(ready.status().as_u16(), 200);
+    assert_eq!(ready.json::<Value>().unwrap()["degraded"], false);
 
     for gw in [&a, &b] {
         let log = gw.log();
