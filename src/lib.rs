@@ -12,7 +12,6 @@ pub mod claims;
 pub mod config;
 pub mod credentials;
 pub mod gateway;
-pub mod logwriter;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;

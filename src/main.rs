@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 
 use portcullis::gateway::Gateway;
-use portcullis::logwriter::{self, Batching};
 use portcullis::policy::testing;
 use portcullis::vault::cli::VaultCommand;
 use tracing_subscriber::layer::SubscriberExt;
@@ -62,14 +62,16 @@ enum PolicyCommand {
     },
 }
 
-/// Logs go to stderr through a writer thread (`logwriter`): a request's thread only formats
-/// its line and appends it to a buffer; the writer writes what has gathered every 10 ms, so a
-/// request costs neither a write nor, under load, a thread wake-up. Lines are never dropped;
-/// the guard writes the rest on exit.
-fn init_tracing() -> logwriter::Guard {
+/// Logs go to stderr through a writer thread: a request's thread only formats its line and
+/// hands it over (never blocking on the write; lines are never dropped: `lossy(false)`), and
+/// the writer thread writes what has queued up in one go. The guard flushes on exit.
+fn init_tracing() -> WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = logwriter::spawn(std::io::stderr(), Batching::default());
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("portcullis-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

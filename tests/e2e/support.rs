@@ -524,10 +524,7 @@ impl Gw {
             .unwrap()
     }
 
-    /// The gateway's log so far. Lines reach the file up to 10 ms after they are logged (the
-    /// log writer batches them), so this waits a few times that first.
     pub fn log(&self) -> String {
-        thread::sleep(Duration::from_millis(50));
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 
