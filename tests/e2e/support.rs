@@ -524,7 +524,11 @@ impl Gw {
             .unwrap()
     }
 
+    /// The gateway's log so far. The gateway writes its log from a writer thread (the request's
+    /// thread only queues the line), so a line can land a moment after the response: wait a
+    /// little first.
     pub fn log(&self) -> String {
+        thread::sleep(Duration::from_millis(100));
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 
