@@ -29,7 +29,7 @@ pub mod store;
 #[cfg(test)]
 mod suite;
 #[cfg(test)]
-mod testdb;
+pub(crate) mod testdb;
 
 use std::path::PathBuf;
 

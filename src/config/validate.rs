@@ -3,6 +3,7 @@
 mod approval;
 mod credentials;
 mod mcp;
+mod server;
 mod state;
 mod target;
 
@@ -18,7 +19,7 @@ use jsonwebtoken::Algorithm;
 use super::file;
 use super::model::{
     AuthSpec, ClientSpec, Config, IssuerSpec, JwksTiming, KeySource, ListenSpec, RouteSpec,
-    ServerSpec, TlsFiles, UpstreamTimeouts, VaultSpec,
+    TlsFiles, UpstreamTimeouts, VaultSpec,
 };
 use super::{ConfigError, Source};
 use crate::ratelimit::Rate;
@@ -58,26 +59,7 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
     if admin_listen == Some(listen.addr) {
         return Err(src.error("admin.listen", "must differ from `listen`"));
     }
-    let server = ServerSpec {
-        threads: positive(src, "server.threads", raw.server.threads, 2)?,
-        grace_period_seconds: raw.server.grace_period_seconds.unwrap_or(5),
-        graceful_shutdown_timeout_seconds: raw
-            .server
-            .graceful_shutdown_timeout_seconds
-            .unwrap_or(5),
-        upstream_keepalive_pool_size: positive(
-            src,
-            "server.upstream_keepalive_pool_size",
-            raw.server.upstream_keepalive_pool_size,
-            128,
-        )?,
-        max_connections: positive(
-            src,
-            "server.max_connections",
-            raw.server.max_connections,
-            10_000,
-        )?,
-    };
+    let server = server::server(src, &raw.server)?;
     let policy_dir = match &raw.policies.dir {
         Some(d) => base.join(d),
         None => default_policy_dir(&base),

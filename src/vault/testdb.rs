@@ -10,6 +10,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Say that a test is skipped because a peer engine is missing (`why`) — or fail it when
+/// `PORTCULLIS_REQUIRE_PEERS` is set: scripts/test (and so CI) installs the engines, so there a
+/// skip would hide a lost suite. Shared by the PostgreSQL, Redis and approval-backend suites.
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var_os("PORTCULLIS_REQUIRE_PEERS").is_none(),
+        "PORTCULLIS_REQUIRE_PEERS is set but {why}"
+    );
+    eprintln!("SKIPPED {why}");
+}
+
 /// The database role the tests connect as (a superuser of the throwaway cluster).
 pub const USER: &str = "portcullis";
 
@@ -73,12 +84,7 @@ impl Cluster {
                 "{test}: PostgreSQL not found (install the `postgresql` package, or \
                  set PORTCULLIS_PG_BIN to the directory holding initdb and pg_ctl)"
             );
-            // scripts/test (and so CI) installs PostgreSQL: there a skip would hide a lost suite.
-            assert!(
-                std::env::var_os("PORTCULLIS_REQUIRE_PEERS").is_none(),
-                "PORTCULLIS_REQUIRE_PEERS is set but {why}"
-            );
-            eprintln!("SKIPPED {why}");
+            skip(&why);
             return None;
         };
         let dir = tempfile::Builder::new()
