@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod approval;
 pub mod auth;
+pub mod canon;
 pub mod claims;
 pub mod config;
 pub mod credentials;

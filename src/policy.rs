@@ -60,7 +60,10 @@ pub enum Refusal {
     },
     BadRequest(&'static str),
     NoRoute,
-    MethodNotAllowed,
+    /// The matched route does not allow the method; `allow` is the `Allow` header.
+    MethodNotAllowed {
+        allow: String,
+    },
     /// The vault holds no credential of this user for the connection.
     ConsentRequired {
         connection: String,
@@ -125,7 +128,7 @@ impl Refusal {
             Refusal::BodyNotJson | Refusal::BadRequest(_) => 400,
             Refusal::HeaderTooLarge { .. } => 431,
             Refusal::NoRoute => 404,
-            Refusal::MethodNotAllowed => 405,
+            Refusal::MethodNotAllowed { .. } => 405,
             Refusal::ConsentRequired { .. } => 403,
             Refusal::ExchangeRejected => 401,
             Refusal::CredentialsUnavailable | Refusal::VaultUnavailable => 503,
@@ -158,7 +161,7 @@ impl Refusal {
             Refusal::BodyNotJson | Refusal::BadRequest(_) => "invalid_request",
             Refusal::HeaderTooLarge { .. } => "request_header_too_large",
             Refusal::NoRoute => "not_found",
-            Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::MethodNotAllowed { .. } => "method_not_allowed",
             Refusal::ConsentRequired { .. } => "consent_required",
             Refusal::ExchangeRejected => "invalid_token",
             Refusal::CredentialsUnavailable | Refusal::VaultUnavailable => {
@@ -217,7 +220,7 @@ impl Refusal {
             Refusal::BadRequest(_) => "bad_request",
             Refusal::HeaderTooLarge { .. } => "header_too_large",
             Refusal::NoRoute => "no_route",
-            Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::MethodNotAllowed { .. } => "method_not_allowed",
             Refusal::ConsentRequired { .. } => "consent_required",
             Refusal::ExchangeRejected => "exchange_rejected",
             Refusal::CredentialsUnavailable => "credentials_unavailable",
@@ -308,7 +311,7 @@ impl fmt::Display for Refusal {
                 write!(f, "the request line and headers exceed {limit} bytes")
             }
             Refusal::NoRoute => f.write_str("no route matches this request"),
-            Refusal::MethodNotAllowed => f.write_str("the method is not allowed on this route"),
+            Refusal::MethodNotAllowed { .. } => f.write_str("the method is not allowed on this route"),
             Refusal::ConsentRequired { connection } => write!(
                 f,
                 "the user has not connected '{connection}' (consent required)"

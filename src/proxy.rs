@@ -19,6 +19,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::approval::STATUS_PREFIX;
 use crate::auth::{Source as TokenSource, Verified};
+use crate::canon::REROUTING_HEADERS;
 use crate::claims::TokenError;
 use crate::config::model::{RouteLookup, RouteSpec};
 use crate::credentials::cache::UpstreamToken;
@@ -37,6 +38,8 @@ pub struct Ctx {
     started: Instant,
     gateway: Option<Arc<Gateway>>,
     request_id: String,
+    /// The canonical request target: matched, given to the policy and forwarded.
+    target: headers::CanonicalTarget,
     route: Option<Arc<RouteSpec>>,
     verified: Option<Arc<Verified>>,
     /// The request body, when the gateway had to read it (policy input, approval binding).
@@ -134,19 +137,21 @@ impl Proxy {
         g: &Gateway,
     ) -> Result<(), Refusal> {
         let req = session.req_header();
-        let path = req.uri.path();
-        if !headers::path_is_canonical(path) {
-            return Err(Refusal::BadRequest(
-                "the request path is not canonical (dot segments or encoded separators)",
-            ));
-        }
         let host = headers::host(req);
+        let path = ctx.target.match_path();
         let route = match g.config.find_route(host, path, req.method.as_str()) {
             RouteLookup::Found(r) => r.clone(),
-            RouteLookup::MethodNotAllowed => return Err(Refusal::MethodNotAllowed),
+            RouteLookup::MethodNotAllowed(allow) => {
+                return Err(Refusal::MethodNotAllowed { allow })
+            }
             RouteLookup::NotFound => return Err(Refusal::NoRoute),
         };
         ctx.route = Some(route.clone());
+        if ctx.target.has_params && !route.matcher.allow_path_params {
+            return Err(Refusal::BadRequest(
+                "the request path has ';' parameters, which this route does not allow",
+            ));
+        }
         if route.auth.is_none() {
             return Ok(()); // `public: true`
         }
@@ -194,7 +199,11 @@ impl Proxy {
                 Some(b) => b,
                 None => body::read(session, spec.max_body_bytes).await?,
             };
-            hold::approve(session, g, &route, spec, &verified, &request, &body).await?;
+            let call = hold::Call {
+                path: &ctx.target.path,
+                body: &body,
+            };
+            hold::approve(session, g, &route, spec, &verified, &request, call).await?;
         }
         if let (Some(spec), Some(subject)) = (&route.credentials, subject_token) {
             let t = g
@@ -229,7 +238,7 @@ impl Proxy {
         let req = session.req_header();
         let info = RequestInfo {
             method: req.method.as_str(),
-            path: req.uri.path(),
+            path: &ctx.target.path,
             query: req.uri.query(),
             host: headers::host(req),
             headers: headers::for_policy(req, route.policy_headers.as_deref(), SENSITIVE_HEADERS),
@@ -260,6 +269,7 @@ impl ProxyHttp for Proxy {
             started: Instant::now(),
             gateway: None,
             request_id: String::new(),
+            target: headers::CanonicalTarget::default(),
             route: None,
             verified: None,
             upstream_token: None,
@@ -283,13 +293,23 @@ impl ProxyHttp for Proxy {
                 .refuse(session, ctx, Refusal::HeaderTooLarge { limit })
                 .await;
         }
-        if let Some(reply) = protected_resource_metadata(&g, session.req_header().uri.path()) {
+        match headers::canonical_target(session.req_header(), g.config.merge_slashes) {
+            Ok(t) => ctx.target = t,
+            Err(e) => {
+                ctx.reason = Some(e.to_string());
+                return self
+                    .refuse(session, ctx, Refusal::BadRequest(e.message()))
+                    .await;
+            }
+        }
+        if let Some(reply) = protected_resource_metadata(&g, &ctx.target.path) {
             ctx.outcome = "resource_metadata";
             self.write_reply(session, ctx, &reply).await?;
             return Ok(true);
         }
-        if session.req_header().uri.path().starts_with(STATUS_PREFIX) {
-            let (status, ops) = crate::state::counting(hold::status(session, &g)).await;
+        if ctx.target.path.starts_with(STATUS_PREFIX) {
+            let status = hold::status(session, &g, &ctx.target.path);
+            let (status, ops) = crate::state::counting(status).await;
             ctx.state_ops = ops;
             g.metrics.state.per_request.observe(f64::from(ops));
             return match status {
@@ -350,6 +370,18 @@ impl ProxyHttp for Proxy {
         for name in headers::hop_by_hop(&upstream.headers) {
             upstream.remove_header(&name);
         }
+        // Headers that could make the upstream act on another path or method than the one
+        // authorized, and the approval id (a gateway-only header).
+        for name in REROUTING_HEADERS {
+            if !route.pass_headers.iter().any(|p| p == name) {
+                upstream.remove_header(*name);
+            }
+        }
+        upstream.remove_header(crate::approval::APPROVAL_HEADER);
+        if let Some(target) = &ctx.target.rewrite {
+            upstream.set_raw_path(target.as_bytes())?;
+        }
+        let client_host = headers::host(session.req_header()).to_string();
         if !route.forward_token || route.credentials.is_some() {
             upstream.remove_header("authorization");
         }
@@ -361,8 +393,12 @@ impl ProxyHttp for Proxy {
             upstream.insert_header("host", route.upstream.authority.as_str())?;
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            let ip = addr.ip().to_string();
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(ip) = client_ip {
+            let ip = ip.to_string();
             let xff = match upstream
                 .headers
                 .get("x-forwarded-for")
@@ -383,6 +419,13 @@ impl ProxyHttp for Proxy {
             "http"
         };
         upstream.insert_header("x-forwarded-proto", proto)?;
+        if !route.pass_headers.iter().any(|p| p == "x-forwarded-host") {
+            upstream.insert_header("x-forwarded-host", client_host.as_str())?;
+        }
+        if !route.pass_headers.iter().any(|p| p == "forwarded") {
+            let fwd = headers::forwarded(client_ip, &client_host, proto);
+            upstream.insert_header("forwarded", fwd)?;
+        }
         Ok(())
     }
 
@@ -475,7 +518,11 @@ impl ProxyHttp for Proxy {
             request_id = %ctx.request_id,
             route = route_name(ctx),
             method = %session.req_header().method,
-            path = session.req_header().uri.path(),
+            path = if ctx.target.path.is_empty() {
+                session.req_header().uri.path()
+            } else {
+                ctx.target.path.as_str()
+            },
             sub = identity.map(|i| i.sub.as_str()),
             agent = identity.and_then(|i| i.agent.as_deref()),
             decision = if ctx.outcome == "allowed" { "allow" } else { "deny" },

@@ -88,6 +88,9 @@ impl Reply {
             Refusal::RateLimited { retry_after, .. } => {
                 reply.headers.push(("retry-after", retry_after.to_string()));
             }
+            Refusal::MethodNotAllowed { allow } => {
+                reply.headers.push(("allow", allow.clone()));
+            }
             Refusal::ApprovalPending {
                 id, retry_after, ..
             } => {

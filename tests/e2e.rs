@@ -4,6 +4,8 @@
 mod support;
 #[path = "../src/vault/testdb.rs"]
 mod testdb;
+#[path = "e2e/upstreams.rs"]
+mod upstreams;
 
 #[path = "e2e/approval.rs"]
 mod approval;
@@ -11,6 +13,8 @@ mod approval;
 mod attacks;
 #[path = "e2e/auth.rs"]
 mod auth;
+#[path = "e2e/bypass.rs"]
+mod bypass;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/credentials.rs"]

@@ -11,5 +11,7 @@ mod config;
 mod mcp;
 #[path = "props/policy_input.rs"]
 mod policy_input;
+#[path = "props/routing.rs"]
+mod routing;
 #[path = "props/tokens.rs"]
 mod tokens;

@@ -111,6 +111,9 @@ pub struct ListenFull {
     pub tls: Option<Tls>,
     /// Accept HTTP/2 with prior knowledge on plaintext (h2c). Default true.
     pub h2c: Option<bool>,
+    /// Merge empty path segments (`//`) before matching and forwarding. Default false: a path
+    /// with empty segments is refused with 400.
+    pub merge_slashes: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,6 +331,10 @@ pub struct Route {
     /// Keep the client's Host header instead of the upstream's authority.
     #[serde(default)]
     pub preserve_host: bool,
+    /// Client headers forwarded although they can re-route or re-method a request
+    /// (`x-forwarded-prefix`, `x-http-method-override`, …: see `canon::REROUTING_HEADERS`).
+    #[serde(default)]
+    pub pass_headers: Vec<String>,
     #[serde(default)]
     pub timeouts: Timeouts,
     /// Swap the user's token for an upstream token before forwarding.
@@ -372,6 +379,14 @@ pub struct Match {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
     pub methods: Option<Vec<String>>,
+    /// Match `path_prefix` with ASCII case (default: case is ignored, so a stricter route
+    /// also catches `/API/ADMIN`).
+    #[serde(default)]
+    pub case_sensitive: bool,
+    /// Accept `;` path parameters (`/a;jsessionid=1/b`); matching ignores them. Default false:
+    /// a path with `;` is refused with 400.
+    #[serde(default)]
+    pub allow_path_params: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -25,6 +25,8 @@ pub struct Config {
     pub jwks_max_bytes: usize,
     /// Largest request head (request line + headers) in bytes; over it → 431.
     pub max_header_bytes: usize,
+    /// `listen.merge_slashes`: merge empty path segments instead of refusing them.
+    pub merge_slashes: bool,
     pub issuers: Vec<Arc<IssuerSpec>>,
     pub clients: Vec<Arc<ClientSpec>>,
     pub vault: Option<VaultSpec>,
@@ -288,6 +290,8 @@ pub struct RouteSpec {
     pub policy_headers: Option<Vec<String>>,
     pub forward_token: bool,
     pub preserve_host: bool,
+    /// Lower-case names of re-routing client headers this route forwards anyway.
+    pub pass_headers: Vec<String>,
     pub timeouts: UpstreamTimeouts,
     pub credentials: Option<CredentialSpec>,
     pub approval: Option<ApprovalSpec>,
@@ -327,8 +331,12 @@ pub struct RouteMatch {
     pub host: Option<String>,
     /// Segment-aware prefix: `/a` matches `/a` and `/a/b`, not `/ab`.
     pub path_prefix: Option<String>,
-    /// Upper-case methods; `None` = any.
+    /// Methods as listed (standard ones upper-cased); `None` = `canon::DEFAULT_METHODS`.
     pub methods: Option<Vec<String>>,
+    /// Match the prefix with ASCII case (default: ignore case).
+    pub case_sensitive: bool,
+    /// Accept `;` path parameters (matching ignores them).
+    pub allow_path_params: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -364,8 +372,9 @@ pub struct UpstreamTimeouts {
 #[derive(Debug)]
 pub enum RouteLookup<'a> {
     Found(&'a Arc<RouteSpec>),
-    /// Some route matched host and path, none the method.
-    MethodNotAllowed,
+    /// The first route matching host and path does not allow the method (nor does any later
+    /// route with the very same host and prefix): 405 with these methods in `Allow`.
+    MethodNotAllowed(String),
     NotFound,
 }
 
@@ -383,20 +392,44 @@ impl RouteMatch {
         }
     }
 
+    /// Segment-aware prefix match on a canonical path; ASCII case is ignored unless
+    /// `case_sensitive`.
     fn path_matches(&self, path: &str) -> bool {
         let Some(prefix) = &self.path_prefix else {
             return true;
         };
-        if !path.starts_with(prefix.as_str()) {
+        let (p, q) = (prefix.as_bytes(), path.as_bytes());
+        if q.len() < p.len() {
             return false;
         }
-        prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'
+        let head = &q[..p.len()];
+        let same = if self.case_sensitive {
+            head == p
+        } else {
+            head.eq_ignore_ascii_case(p)
+        };
+        same && (prefix.ends_with('/') || q.len() == p.len() || q[p.len()] == b'/')
     }
 
     fn method_matches(&self, method: &str) -> bool {
-        self.methods
-            .as_ref()
-            .is_none_or(|m| m.iter().any(|x| x == method))
+        match &self.methods {
+            Some(m) => m.iter().any(|x| x == method),
+            None => crate::canon::DEFAULT_METHODS.contains(&method),
+        }
+    }
+
+    fn allowed(&self) -> Vec<&str> {
+        match &self.methods {
+            Some(m) => m.iter().map(String::as_str).collect(),
+            None => crate::canon::DEFAULT_METHODS.to_vec(),
+        }
+    }
+
+    /// Whether two routes match exactly the same requests apart from the method.
+    fn same_target(&self, other: &RouteMatch) -> bool {
+        self.host == other.host
+            && self.path_prefix == other.path_prefix
+            && self.case_sensitive == other.case_sensitive
     }
 }
 
@@ -408,22 +441,35 @@ fn strip_port(host: &str) -> &str {
 }
 
 impl Config {
-    /// First route, in file order, whose host, path and method match.
+    /// The first route, in file order, whose host and path match decides. If its methods do
+    /// not include `method`, only later routes with the very same host and prefix may take
+    /// the request (a method split); otherwise it is a 405, never a fall-through to a
+    /// broader route. `path` is the canonical match path (`canon::Target::match_path`).
     pub fn find_route(&self, host: &str, path: &str, method: &str) -> RouteLookup<'_> {
-        let mut method_mismatch = false;
+        let mut first: Option<&RouteMatch> = None;
+        let mut allow: Vec<&str> = Vec::new();
         for route in &self.routes {
             let m = &route.matcher;
-            if m.host_matches(host) && m.path_matches(path) {
-                if m.method_matches(method) {
-                    return RouteLookup::Found(route);
+            let candidate = match first {
+                Some(f) => m.same_target(f),
+                None => m.host_matches(host) && m.path_matches(path),
+            };
+            if !candidate {
+                continue;
+            }
+            if m.method_matches(method) {
+                return RouteLookup::Found(route);
+            }
+            first.get_or_insert(m);
+            for a in m.allowed() {
+                if !allow.contains(&a) {
+                    allow.push(a);
                 }
-                method_mismatch = true;
             }
         }
-        if method_mismatch {
-            RouteLookup::MethodNotAllowed
-        } else {
-            RouteLookup::NotFound
+        match first {
+            Some(_) => RouteLookup::MethodNotAllowed(allow.join(", ")),
+            None => RouteLookup::NotFound,
         }
     }
 
@@ -441,6 +487,8 @@ mod tests {
             host: host.map(str::to_string),
             path_prefix: prefix.map(str::to_string),
             methods: methods.map(|v| v.iter().map(|s| s.to_string()).collect()),
+            case_sensitive: false,
+            allow_path_params: false,
         }
     }
 
@@ -454,6 +502,20 @@ mod tests {
         let slash = m(None, Some("/api/"), None);
         assert!(slash.path_matches("/api/x"));
         assert!(!slash.path_matches("/api"));
+    }
+
+    #[test]
+    fn path_prefix_ignores_ascii_case_unless_case_sensitive() {
+        let r = m(None, Some("/api/admin"), None);
+        assert!(r.path_matches("/api/ADMIN/x"));
+        assert!(r.path_matches("/Api/Admin"));
+        assert!(!r.path_matches("/api/adminx"));
+        let strict = RouteMatch {
+            case_sensitive: true,
+            ..r
+        };
+        assert!(!strict.path_matches("/api/ADMIN/x"));
+        assert!(strict.path_matches("/api/admin/x"));
     }
 
     #[test]
@@ -474,5 +536,13 @@ mod tests {
         let r = m(None, None, Some(&["GET", "POST"]));
         assert!(r.method_matches("GET"));
         assert!(!r.method_matches("DELETE"));
+        assert!(!r.method_matches("get"));
+        let any = m(None, None, None);
+        assert!(any.method_matches("DELETE"));
+        for refused in ["get", "TRACE", "CONNECT", "PROPFIND"] {
+            assert!(!any.method_matches(refused), "{refused}");
+        }
+        let dav = m(None, None, Some(&["PROPFIND"]));
+        assert!(dav.method_matches("PROPFIND"));
     }
 }

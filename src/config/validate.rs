@@ -42,6 +42,13 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
         ));
     }
     let base = src.base_dir();
+    let merge_slashes = matches!(
+        &raw.listen,
+        file::Listen::Full(file::ListenFull {
+            merge_slashes: Some(true),
+            ..
+        })
+    );
     let listen = listen(src, &base, raw.listen)?;
     let (admin_listen, admin_token) = match &raw.admin {
         Some(a) => (
@@ -139,6 +146,7 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
             n if n > MAX_HEAD => Err(src.error(HEAD, format!("must be at most {MAX_HEAD}")))?,
             n => n,
         },
+        merge_slashes,
         issuers,
         clients,
         vault,
@@ -520,6 +528,7 @@ fn route(
             .map(|h| h.into_iter().map(|s| s.to_ascii_lowercase()).collect()),
         forward_token: r.forward_token,
         preserve_host: r.preserve_host,
+        pass_headers: target::pass_headers(src, at, r.pass_headers)?,
         timeouts: UpstreamTimeouts {
             connect: ms(r.timeouts.connect_ms),
             read: ms(r.timeouts.read_ms),

@@ -1,8 +1,10 @@
 //! Header helpers for the proxy phases: request ids, hop-by-hop headers, the policy's view of
-//! the headers, and path canonicality.
+//! the headers, the canonical request target and `Forwarded`.
 
 use http::HeaderMap;
 use pingora::http::RequestHeader;
+
+use crate::canon::{self, CanonError};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded in either direction.
 const HOP_BY_HOP: &[&str] = &[
@@ -103,37 +105,81 @@ pub fn for_policy<'a>(
         .collect()
 }
 
-/// Reject paths an upstream could read differently from us: dot segments, encoded slashes,
-/// backslashes or dots, and anything not starting with `/`.
-pub fn path_is_canonical(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains('\\') {
-        return false;
+/// The request's target in canonical form (see `canon`), owned by the request's context.
+#[derive(Debug, Default)]
+pub struct CanonicalTarget {
+    /// The canonical path: policy input, approval binding, decision log, forwarded.
+    pub path: String,
+    /// The path routes match (without `;` parameters), when it differs from `path`.
+    pub match_path: Option<String>,
+    pub has_params: bool,
+    /// The request target to send upstream when it differs from the one received.
+    pub rewrite: Option<String>,
+}
+
+impl CanonicalTarget {
+    pub fn match_path(&self) -> &str {
+        self.match_path.as_deref().unwrap_or(&self.path)
     }
-    let lower = path.to_ascii_lowercase();
-    if ["%2f", "%5c", "%2e", "%00"]
-        .iter()
-        .any(|e| lower.contains(e))
-    {
-        return false;
+}
+
+/// Canonicalise the request's target and check its Host (400 on any ambiguity).
+pub fn canonical_target(
+    req: &RequestHeader,
+    merge_slashes: bool,
+) -> Result<CanonicalTarget, CanonError> {
+    let raw = req.raw_path();
+    let origin = match raw.first() {
+        Some(b'/') => raw,
+        // Absolute-form: the path component (the authority is reconciled with Host by
+        // pingora). Authority-form (CONNECT) and asterisk-form have no path to authorize.
+        _ if raw.windows(3).any(|w| w == b"://") && req.raw_path_is_utf8() => req
+            .uri
+            .path_and_query()
+            .map_or(b"/".as_slice(), |p| p.as_str().as_bytes()),
+        _ => return Err(CanonError::NotAPath),
+    };
+    let t = canon::canonicalize(origin, merge_slashes)?;
+    let host = self::host(req);
+    canon::check_host((!host.is_empty()).then_some(host))?;
+    let target = t.request_target();
+    Ok(CanonicalTarget {
+        rewrite: (target.as_bytes() != raw).then_some(target),
+        match_path: (t.match_path != t.path).then(|| t.match_path.into_owned()),
+        has_params: t.has_params,
+        path: t.path.into_owned(),
+    })
+}
+
+/// `Forwarded` (RFC 7239) from the gateway's own view of the request.
+pub fn forwarded(client: Option<std::net::IpAddr>, host: &str, proto: &str) -> String {
+    let quoted_host = host.replace(['"', '\\'], "");
+    match client {
+        Some(std::net::IpAddr::V6(ip)) => {
+            format!("for=\"[{ip}]\";host=\"{quoted_host}\";proto={proto}")
+        }
+        Some(ip) => format!("for={ip};host=\"{quoted_host}\";proto={proto}"),
+        None => format!("host=\"{quoted_host}\";proto={proto}"),
     }
-    !path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{hop_by_hop, path_is_canonical};
+    use super::{forwarded, hop_by_hop};
     use http::{HeaderMap, HeaderValue};
 
     #[test]
-    fn canonical_paths() {
-        assert!(path_is_canonical("/invoices/42"));
-        assert!(path_is_canonical("/a.b/c..d"));
-        assert!(!path_is_canonical("/invoices/../admin"));
-        assert!(!path_is_canonical("/invoices/./x"));
-        assert!(!path_is_canonical("/a/%2E%2E/b"));
-        assert!(!path_is_canonical("/a%2fb"));
-        assert!(!path_is_canonical("/a\\b"));
-        assert!(!path_is_canonical("*"));
+    fn forwarded_header() {
+        let v4 = Some("10.0.0.1".parse().unwrap());
+        assert_eq!(
+            forwarded(v4, "api.example.com", "https"),
+            "for=10.0.0.1;host=\"api.example.com\";proto=https"
+        );
+        let v6 = Some("::1".parse().unwrap());
+        assert_eq!(
+            forwarded(v6, "h", "http"),
+            "for=\"[::1]\";host=\"h\";proto=http"
+        );
     }
 
     #[test]

@@ -14,9 +14,9 @@ use crate::respond::Reply;
 
 /// `GET /.portcullis/approvals/<id>`: the status of an async approval, shown only to a
 /// caller whose token the approval's route accepts and whose `sub` owns it.
-pub async fn status(session: &Session, g: &Gateway) -> Result<Reply, Refusal> {
+pub async fn status(session: &Session, g: &Gateway, path: &str) -> Result<Reply, Refusal> {
     let req = session.req_header();
-    let id = req.uri.path().strip_prefix(STATUS_PREFIX).unwrap_or("");
+    let id = path.strip_prefix(STATUS_PREFIX).unwrap_or("");
     let token = bearer_of(&req.headers)?;
     let record = g.approvals.record(id).await?.ok_or(Refusal::NoRoute)?;
     let route = g
@@ -33,11 +33,12 @@ pub async fn status(session: &Session, g: &Gateway) -> Result<Reply, Refusal> {
 }
 
 /// Method, path and query, body hash, user and agent: what an approval is for.
-pub fn binding(session: &Session, verified: &Verified, body: &[u8]) -> Binding {
+/// `path` is the canonical path (`canon`), the one that is forwarded.
+pub fn binding(session: &Session, path: &str, verified: &Verified, body: &[u8]) -> Binding {
     let req = session.req_header();
     let target = match req.uri.query() {
-        Some(q) => format!("{}?{q}", req.uri.path()),
-        None => req.uri.path().to_string(),
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
     };
     Binding {
         sub: verified.identity.sub.clone(),
@@ -48,6 +49,12 @@ pub fn binding(session: &Session, verified: &Verified, body: &[u8]) -> Binding {
     }
 }
 
+/// What the held call is: its canonical path and its body.
+pub struct Call<'a> {
+    pub path: &'a str,
+    pub body: &'a [u8],
+}
+
 /// Carry out a `require_approval` decision. `Ok` = forward.
 pub async fn approve(
     session: &mut Session,
@@ -56,7 +63,7 @@ pub async fn approve(
     spec: &ApprovalSpec,
     verified: &Verified,
     request: &ApprovalRequest,
-    body: &[u8],
+    call: Call<'_>,
 ) -> Result<(), Refusal> {
     let who = &verified.identity;
     let iss = who
@@ -77,7 +84,7 @@ pub async fn approve(
             outcome.refusal().map_or(Ok(()), Err)
         }
         ApprovalMode::Async => {
-            let binding = binding(session, verified, body);
+            let binding = binding(session, call.path, verified, call.body);
             let presented = session
                 .req_header()
                 .headers

@@ -42,10 +42,15 @@ fn rpc_refusal(status: u16, label: &'static str, e: RpcError) -> Refusal {
     }
 }
 
-fn info<'a>(req: &'a RequestHeader, route: &RouteSpec, mcp: Value) -> RequestInfo<'a> {
+fn info<'a>(
+    req: &'a RequestHeader,
+    path: &'a str,
+    route: &RouteSpec,
+    mcp: Value,
+) -> RequestInfo<'a> {
     RequestInfo {
         method: req.method.as_str(),
-        path: req.uri.path(),
+        path,
         query: req.uri.query(),
         host: headers::host(req),
         headers: headers::for_policy(req, route.policy_headers.as_deref(), SENSITIVE_HEADERS),
@@ -59,6 +64,7 @@ async fn decide(
     g: &Gateway,
     index: usize,
     req: &RequestHeader,
+    path: &str,
     route: &RouteSpec,
     verified: &Verified,
     m: &Message,
@@ -68,7 +74,7 @@ async fn decide(
     }
     let outcome = match route.policy {
         None => None,
-        Some(_) => match g.decide(index, verified, info(req, route, m.policy_input())) {
+        Some(_) => match g.decide(index, verified, info(req, path, route, m.policy_input())) {
             Ok(Decision::Allow) => None,
             Ok(Decision::Deny(r)) => return Err(r),
             Ok(Decision::RequireApproval(a)) => Some(a),
@@ -115,10 +121,12 @@ pub async fn authorize(
     rpc::check_headers(&parsed, header("mcp-method"), header("mcp-name"))
         .map_err(|e| rpc_refusal(400, "mcp_header_mismatch", e))?;
     let index = g.route_index(route);
+    let path = ctx.target.path.clone();
+    let path = path.as_str();
     match &parsed {
         Body::Single(m) => {
             ctx.rpc_id = Some(m.id.clone());
-            let outcome = decide(g, index, req, route, verified, m).await;
+            let outcome = decide(g, index, req, path, route, verified, m).await;
             g.metrics.mcp(&route.name, m, outcome_label(&outcome));
             let approval = outcome?;
             ctx.tools.wanted = m.method.as_deref() == Some("tools/list") && route.policy.is_some();
@@ -128,7 +136,7 @@ pub async fn authorize(
             // All or nothing: one refused element refuses the whole batch, nothing is forwarded.
             let mut outcomes = Vec::with_capacity(items.len());
             for m in items {
-                outcomes.push(decide(g, index, req, route, verified, m).await);
+                outcomes.push(decide(g, index, req, path, route, verified, m).await);
             }
             for (m, o) in items.iter().zip(&outcomes) {
                 g.metrics.mcp(&route.name, m, outcome_label(o));
@@ -177,6 +185,7 @@ fn may_call(
     filter: &mut ToolFilter,
     g: &Gateway,
     req: &RequestHeader,
+    path: &str,
     route: &RouteSpec,
     verified: &Verified,
     tool: &str,
@@ -195,7 +204,7 @@ fn may_call(
     input["listing"] = json!(true);
     let index = g.route_index(route);
     let ok = matches!(
-        g.decide(index, verified, info(req, route, input)),
+        g.decide(index, verified, info(req, path, route, input)),
         Ok(Decision::Allow | Decision::RequireApproval(_))
     );
     filter.decided.insert(tool.to_string(), ok);
@@ -214,6 +223,7 @@ pub fn filter_body(session: &Session, ctx: &mut Ctx, body: &mut Option<Bytes>, e
     if let Some(b) = body.take() {
         ctx.tools.buf.extend_from_slice(&b);
     }
+    let path = ctx.target.path.as_str();
     let filter = &mut ctx.tools;
     let mut out = Vec::new();
     match mode {
@@ -223,7 +233,7 @@ pub fn filter_body(session: &Session, ctx: &mut Ctx, body: &mut Option<Bytes>, e
             }
             let raw = std::mem::take(&mut filter.buf);
             let text = String::from_utf8_lossy(&raw).into_owned();
-            let allowed = |t: &str| may_call(filter, &g, req, &route, &verified, t);
+            let allowed = |t: &str| may_call(filter, &g, req, path, &route, &verified, t);
             out = match rpc::filter_tools_json(&text, allowed) {
                 Some((new, _)) => new.into_bytes(),
                 None => raw,
@@ -235,7 +245,7 @@ pub fn filter_body(session: &Session, ctx: &mut Ctx, body: &mut Option<Bytes>, e
                 let (event_len, sep_len) = at;
                 let event: Vec<u8> = filter.buf.drain(..event_len + sep_len).collect();
                 let text = String::from_utf8_lossy(&event[..event_len]).into_owned();
-                let mut allowed = |t: &str| may_call(filter, &g, req, &route, &verified, t);
+                let mut allowed = |t: &str| may_call(filter, &g, req, path, &route, &verified, t);
                 match rpc::filter_sse_event(&text, &mut allowed) {
                     Some(new) => {
                         out.extend_from_slice(new.as_bytes());

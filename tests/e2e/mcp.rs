@@ -172,6 +172,30 @@ fn json_rpc_errors_for_bad_bodies_headers_and_batches() {
         .as_str()
         .unwrap()
         .contains("element 1"));
+    // The same canonical path decides on every spelling of it: no path trick reaches the
+    // MCP server without the per-tool decision.
+    let (_, direct) = post(&gw, &t, call, &[]);
+    assert!(direct["error"]["code"].is_i64(), "{direct}");
+    for (path, want) in [
+        ("/MCP", 200),
+        ("/mc%70", 200),
+        ("//mcp", 400),
+        ("/mcp;x=1", 400),
+    ] {
+        let r = client()
+            .post(gw.url(path))
+            .bearer_auth(&t)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(call)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), want, "{path}");
+        if want == 200 {
+            let body: Value = r.json().unwrap();
+            assert_eq!(body["error"], direct["error"], "{path}");
+        }
+    }
     assert!(
         server.requests().iter().all(|r| r["method"] != "POST"),
         "something was forwarded"

@@ -55,7 +55,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) 
 }
 
 /// Wait until `ready`; false if `child` exited first (e.g. its port was taken meanwhile).
-fn wait_child(
+pub fn wait_child(
     what: &str,
     child: &mut Child,
     timeout: Duration,
