@@ -9,7 +9,10 @@
 //! connection (with Redis their slots still count against the shared limits).
 
 pub mod backend;
+pub mod cancel;
 pub mod ciba;
+pub mod join;
+mod poll;
 pub mod store;
 #[cfg(test)]
 mod suite;
@@ -27,10 +30,9 @@ use crate::config::model::{ApprovalLimits, ApprovalSpec, Config};
 use crate::credentials::oauth::{OAuthError, TokenClient};
 use crate::metrics::ApprovalMetrics;
 use crate::policy::{ApprovalRequest, Refusal};
-use crate::secret::Secret;
 use crate::state::StateError;
 use backend::ApprovalBackend;
-use ciba::Poll;
+use poll::{lease_ttl, lifetime, poll_until, ADOPT_LEASE};
 use store::{ApprovalRecord, ApprovalStatus, Binding, Consume};
 
 /// Header carrying an async approval id on the retried request.
@@ -185,68 +187,12 @@ pub struct Approvals {
     counts: Arc<Counts>,
     limits: ApprovalLimits,
     metrics: ApprovalMetrics,
-}
-
-/// How long to wait for the user: the route's limit, but a second less than the authorization
-/// server keeps the request, so the outcome of a late answer is always our time-out (408),
-/// never a race with the server's `expired_token`.
-fn lifetime(spec: &ApprovalSpec, started: &ciba::Started) -> u64 {
-    spec.max_wait
-        .as_secs()
-        .min(started.expires_in.saturating_sub(1))
-        .max(1)
-}
-
-/// How long a poller's lease lasts: two intervals and some slack, renewed before each wait.
-fn lease_ttl(interval: u64) -> Duration {
-    Duration::from_secs(interval * 2 + 3)
-}
-
-/// A lease for a taken-over approval, until its poller renews it with its interval.
-const ADOPT_LEASE: Duration = Duration::from_secs(10);
-
-/// Poll until the user answers, the request expires or `deadline` passes. `keep(interval)`
-/// is asked before each wait (renewing the polling lease); `None` when it says no (another
-/// replica polls now, or the backend is gone): nothing is recorded.
-async fn poll_until<K: std::future::Future<Output = bool>>(
-    client: &TokenClient,
-    auth_req_id: &Secret,
-    mut interval: u64,
-    deadline: Instant,
-    on_slow_down: impl Fn(u64),
-    mut keep: impl FnMut(u64) -> K,
-) -> Option<Outcome> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Some(Outcome::TimedOut);
-        }
-        if !keep(interval).await {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_secs(interval).min(left)).await;
-        if Instant::now() >= deadline {
-            return Some(Outcome::TimedOut);
-        }
-        match ciba::poll(client, auth_req_id).await {
-            Poll::Pending => {}
-            Poll::SlowDown => {
-                interval += ciba::SLOW_DOWN_STEP;
-                on_slow_down(interval);
-            }
-            Poll::Approved => return Some(Outcome::Approved),
-            Poll::Denied => return Some(Outcome::Denied),
-            Poll::Expired => return Some(Outcome::Expired),
-            // A network blip is retried until the deadline; an error answer is final.
-            Poll::Failed(OAuthError::Unreachable(e)) => {
-                tracing::warn!(error = %e, "CIBA poll failed; retrying");
-            }
-            Poll::Failed(e) => {
-                tracing::warn!(error = %e, "CIBA poll refused; giving up");
-                return Some(Outcome::Failed);
-            }
-        }
-    }
+    /// Held MCP calls a `notifications/cancelled` can stop (kept across reloads).
+    pub cancels: cancel::Cancels,
+    /// Identical calls asking at once: the first asks the user, the others join.
+    joining: Arc<DashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Calls per open MCP approval (first call and re-calls), with the first call's time.
+    rounds: Arc<DashMap<String, (u32, u64)>>,
 }
 
 impl Approvals {
@@ -266,6 +212,9 @@ impl Approvals {
             counts: Arc::new(Counts::default()),
             limits: config.approvals.clone(),
             metrics,
+            cancels: cancel::Cancels::default(),
+            joining: Arc::default(),
+            rounds: Arc::default(),
         }
     }
 
@@ -273,6 +222,9 @@ impl Approvals {
     /// pollers keep running; they release their slots in the shared counts).
     pub fn carry_pending(&mut self, old: &Approvals) {
         self.counts = old.counts.clone();
+        self.cancels = old.cancels.clone();
+        self.joining = old.joining.clone();
+        self.rounds = old.rounds.clone();
     }
 
     /// The async-approval store, if configured.
@@ -281,6 +233,10 @@ impl Approvals {
     }
 
     /// Pending approvals held by this process.
+    pub fn metrics(&self) -> &ApprovalMetrics {
+        &self.metrics
+    }
+
     pub fn pending(&self) -> usize {
         self.counts.total.load(Ordering::SeqCst)
     }
@@ -368,6 +324,7 @@ impl Approvals {
         let (tx, rx) = watch::channel(None);
         let metrics = self.metrics.clone();
         let gauge = metrics.pending_guard();
+        let asked = Instant::now();
         let task = tokio::spawn(async move {
             let _slot = reservation;
             let _gauge = gauge;
@@ -383,6 +340,9 @@ impl Approvals {
             .await
             .unwrap_or(Outcome::Failed);
             metrics.finished("sync", outcome.label());
+            if matches!(outcome, Outcome::Approved | Outcome::Denied) {
+                metrics.decided_after(asked.elapsed().as_secs_f64());
+            }
             let _ = tx.send(Some(outcome));
         });
         Ok(Held {
@@ -478,6 +438,10 @@ impl Approvals {
                 return;
             };
             metrics.finished("async", outcome.label());
+            if matches!(outcome, Outcome::Approved | Outcome::Denied) {
+                let asked = record.created_at;
+                metrics.decided_after(now().saturating_sub(asked) as f64);
+            }
             let result = store.finish(&record, outcome.status(), now()).await;
             if !matches!(result, Ok(true)) {
                 tracing::error!(approval = %record.id, "could not record the approval outcome");

@@ -26,6 +26,10 @@ pub struct Message {
     pub uri: Option<String>,
     /// `params.arguments` of `tools/call` and `prompts/get`.
     pub arguments: Option<Value>,
+    /// `params.requestId` of a `notifications/cancelled`: the request it cancels.
+    pub cancels: Option<Value>,
+    /// `params._meta.progressToken`: the caller accepts `notifications/progress` for it.
+    pub progress_token: Option<Value>,
 }
 
 impl Message {
@@ -151,12 +155,24 @@ fn message(v: &Value) -> Result<Message, RpcError> {
         Some(a @ Value::Object(_)) => Some(a.clone()),
         Some(_) => return Err(invalid("params.arguments must be an object", id)),
     };
+    let cancels = match method.as_deref() {
+        Some("notifications/cancelled") => field("requestId")
+            .filter(|v| v.is_string() || v.is_number())
+            .cloned(),
+        _ => None,
+    };
+    let progress_token = field("_meta")
+        .and_then(|m| m.get("progressToken"))
+        .filter(|v| v.is_string() || v.is_number())
+        .cloned();
     Ok(Message {
         id,
         method,
         name,
         uri,
         arguments,
+        cancels,
+        progress_token,
     })
 }
 

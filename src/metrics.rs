@@ -1,6 +1,10 @@
 //! Prometheus metrics, registered in a registry the admin endpoint serves. Per-route children
 //! are resolved once at start so the request path does no label hashing.
 
+mod approvals;
+
+pub use approvals::{ApprovalMetrics, PendingGuard};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -102,33 +106,6 @@ impl CredentialMetrics {
         self.vault_backend_errors
             .with_label_values(&[backend, operation])
             .inc();
-    }
-}
-
-/// Approval holds: pending now, and how they ended.
-#[derive(Clone)]
-pub struct ApprovalMetrics {
-    pending: IntGauge,
-    finished: IntCounterVec,
-}
-
-/// Counts one pending approval while alive.
-pub struct PendingGuard(IntGauge);
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-impl ApprovalMetrics {
-    pub fn pending_guard(&self) -> PendingGuard {
-        self.pending.inc();
-        PendingGuard(self.pending.clone())
-    }
-
-    pub fn finished(&self, mode: &str, outcome: &str) {
-        self.finished.with_label_values(&[mode, outcome]).inc();
     }
 }
 
@@ -375,21 +352,7 @@ impl Metrics {
                 .expect("metric"),
             ),
         };
-        let approvals = ApprovalMetrics {
-            pending: register(
-                &registry,
-                IntGauge::new(
-                    "portcullis_approvals_pending",
-                    "Approval holds waiting for the user",
-                )
-                .expect("metric"),
-            ),
-            finished: counter_vec(
-                "portcullis_approvals_total",
-                "Approval holds by mode (sync, async, start) and outcome",
-                &["mode", "outcome"],
-            ),
-        };
+        let approvals = ApprovalMetrics::register(&registry);
         let mcp_requests = counter_vec(
             "portcullis_mcp_requests_total",
             "MCP JSON-RPC messages by route, method, tool and decision",

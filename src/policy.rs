@@ -97,6 +97,8 @@ pub enum Refusal {
     },
     /// The client went away while its call was held.
     ClientClosed,
+    /// The MCP client cancelled the held call (`notifications/cancelled`).
+    ApprovalCancelled,
     /// The shared state backend (Redis) a decision needs cannot be reached.
     StateUnavailable,
     /// A rate limit of the route (per agent, or per agent and tool).
@@ -140,6 +142,7 @@ impl Refusal {
             Refusal::ApprovalRejected => 502,
             Refusal::TooManyApprovals { .. } => 429,
             Refusal::ClientClosed => 499,
+            Refusal::ApprovalCancelled => 409,
             Refusal::RateLimited { .. } => 429,
             Refusal::StateUnavailable => 503,
             Refusal::JsonRpc { status, .. } => *status,
@@ -177,6 +180,7 @@ impl Refusal {
             Refusal::ApprovalInvalid => "approval_invalid",
             Refusal::TooManyApprovals { .. } => "too_many_approvals",
             Refusal::ClientClosed => "client_closed",
+            Refusal::ApprovalCancelled => "approval_cancelled",
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::StateUnavailable => "state_unavailable",
             Refusal::JsonRpc { .. } => "jsonrpc_error",
@@ -198,6 +202,7 @@ impl Refusal {
                 | Refusal::ApprovalFailed
                 | Refusal::ApprovalRejected
                 | Refusal::ApprovalInvalid
+                | Refusal::ApprovalCancelled
                 | Refusal::TooManyApprovals { .. }
                 | Refusal::RateLimited { tool: true, .. }
         )
@@ -235,6 +240,7 @@ impl Refusal {
             Refusal::ApprovalInvalid => "approval_invalid",
             Refusal::TooManyApprovals { .. } => "too_many_approvals",
             Refusal::ClientClosed => "client_closed",
+            Refusal::ApprovalCancelled => "approval_cancelled",
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::StateUnavailable => "state_unavailable",
             Refusal::JsonRpc { label, .. } => label,
@@ -272,6 +278,7 @@ impl Refusal {
         "approval_invalid",
         "too_many_approvals",
         "client_closed",
+        "approval_cancelled",
         "rate_limited",
         "state_unavailable",
         "jsonrpc_invalid",
@@ -355,6 +362,10 @@ impl fmt::Display for Refusal {
                 f.write_str("too many approvals are pending")
             }
             Refusal::ClientClosed => f.write_str("the client closed the connection"),
+            Refusal::ApprovalCancelled => f.write_str(
+                "the client cancelled this call while it waited for the user's approval; \
+                 nothing was run",
+            ),
             Refusal::StateUnavailable => f.write_str(
                 "the gateway's shared state cannot be reached; the request is refused",
             ),

@@ -17,7 +17,7 @@ use pingora::prelude::{HttpPeer, Session};
 use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::approval::STATUS_PREFIX;
+use crate::approval::{cancel, STATUS_PREFIX};
 use crate::auth::{Source as TokenSource, Verified};
 use crate::canon::REROUTING_HEADERS;
 use crate::claims::TokenError;
@@ -46,6 +46,8 @@ pub struct Ctx {
     body: Option<bytes::Bytes>,
     /// On MCP routes: the id of the single JSON-RPC request (refusals answer it in JSON-RPC).
     rpc_id: Option<Option<serde_json::Value>>,
+    /// On MCP routes: the single call (tool, prompt, resource) a policy may hold.
+    rpc_call: Option<hold::RpcCall>,
     /// On MCP routes: the tools/list rewrite.
     tools: mcp::ToolFilter,
     /// Token for the upstream, on routes with `credentials:`.
@@ -199,9 +201,18 @@ impl Proxy {
                 Some(b) => b,
                 None => body::read(session, spec.max_body_bytes).await?,
             };
+            let cancel = match (&route.mcp, &ctx.rpc_id) {
+                (Some(_), Some(Some(id))) => {
+                    let caller = mcp::caller(session.req_header(), &route, &verified);
+                    Some(g.approvals.cancels.register(cancel::key(&caller, id)))
+                }
+                _ => None,
+            };
             let call = hold::Call {
                 path: &ctx.target.path,
                 body: &body,
+                cancel,
+                rpc: ctx.rpc_call.take(),
             };
             hold::approve(session, g, &route, spec, &verified, &request, call).await?;
         }
@@ -274,6 +285,7 @@ impl ProxyHttp for Proxy {
             verified: None,
             upstream_token: None,
             rpc_id: None,
+            rpc_call: None,
             tools: mcp::ToolFilter::default(),
             body: None,
             outcome: "none",

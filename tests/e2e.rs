@@ -31,6 +31,8 @@ mod leakage;
 mod limits;
 #[path = "e2e/mcp.rs"]
 mod mcp;
+#[path = "e2e/mcp_approvals.rs"]
+mod mcp_approvals;
 #[path = "e2e/mcp_peer.rs"]
 mod mcp_peer;
 #[path = "e2e/policy.rs"]

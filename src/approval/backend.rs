@@ -37,6 +37,15 @@ pub trait ApprovalBackend: Send + Sync {
 
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StateError>;
 
+    /// The newest unexpired approval of `route` bound to `b` that did not fail: identical
+    /// calls join it (see [`ApprovalStore::find_latest`]).
+    async fn find_latest(
+        &self,
+        route: &str,
+        b: &Binding,
+        now: u64,
+    ) -> Result<Option<ApprovalRecord>, StateError>;
+
     /// `Pending` → `to` (compare-and-swap); releases the record's slot and lease.
     async fn finish(
         &self,
@@ -103,6 +112,16 @@ impl ApprovalBackend for Sqlite {
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StateError> {
         let id = id.to_string();
         blocking(&self.0, move |s| s.get(&id)).await
+    }
+
+    async fn find_latest(
+        &self,
+        route: &str,
+        b: &Binding,
+        now: u64,
+    ) -> Result<Option<ApprovalRecord>, StateError> {
+        let (route, b) = (route.to_string(), b.clone());
+        blocking(&self.0, move |s| s.find_latest(&route, &b, now)).await
     }
 
     async fn finish(

@@ -138,6 +138,8 @@ mod tests {
             scope: "openid invoices:pay".into(),
             max_wait: Duration::from_secs(60),
             max_body_bytes: 10,
+            mcp: crate::config::model::McpApprovalMode::Hold,
+            round: Duration::from_secs(50),
         };
         let req = ApprovalRequest {
             binding_message: "Pay INV-1 5000 EUR".into(),

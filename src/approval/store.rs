@@ -308,6 +308,33 @@ impl ApprovalStore {
         Ok(self.lock().query_row(&sql, [id], read_record).optional()?)
     }
 
+    /// The newest approval of `route` bound to `b` that has not expired at `now` and did not
+    /// fail: an identical call joins it instead of asking the user again (pending), is
+    /// forwarded once (approved), or gets the same refusal (denied, used, expired early).
+    pub fn find_latest(
+        &self,
+        route: &str,
+        b: &Binding,
+        now: u64,
+    ) -> Result<Option<ApprovalRecord>, ApprovalStoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM approvals WHERE sub = ?1 AND status <> 'failed' \
+             AND route = ?2 AND agent IS ?3 AND method = ?4 AND target = ?5 AND body_sha256 = ?6 \
+             AND expires_at > ?7 ORDER BY created_at DESC, rowid DESC LIMIT 1"
+        );
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let args = params![
+            b.sub,
+            route,
+            b.agent,
+            b.method,
+            b.target,
+            &b.body_sha256[..],
+            now
+        ];
+        Ok(self.lock().query_row(&sql, args, read_record).optional()?)
+    }
+
     /// Compare-and-swap of the status (`from` -> `to`), also setting `updated_at` to `now`, in
     /// one atomic `UPDATE`; `false` if the stored status is not `from` (or there is no such
     /// record). Only life-cycle moves are accepted, else

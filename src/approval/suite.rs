@@ -177,6 +177,50 @@ async fn contract(shared: Arc<dyn ApprovalBackend>) {
             .count();
         assert_eq!((wins, used), (1, 7), "{outcomes:?}");
     }
+
+    joins(b, t).await;
+}
+
+/// Identical calls join the newest unexpired approval of the same route and binding that
+/// did not fail.
+async fn joins(b: &dyn ApprovalBackend, t: u64) {
+    let mut jb = binding();
+    jb.target = format!("/join/{}", new_id().unwrap());
+    let found = |route: &'static str, bind: Binding, at: u64| async move {
+        b.find_latest(route, &bind, at).await.unwrap().map(|r| r.id)
+    };
+    assert_eq!(found("invoices", jb.clone(), t).await, None);
+    let mut j = record(ApprovalStatus::Pending, t);
+    j.binding = jb.clone();
+    b.insert(&j, LEASE).await.unwrap();
+    assert_eq!(found("invoices", jb.clone(), t).await, Some(j.id.clone()));
+    assert_eq!(found("other-route", jb.clone(), t).await, None);
+    let mut other_args = jb.clone();
+    other_args.body_sha256 = Binding::body_hash(b"other arguments");
+    assert_eq!(found("invoices", other_args, t).await, None);
+    let mut other_user = jb.clone();
+    other_user.sub = "mallory".to_string();
+    assert_eq!(found("invoices", other_user, t).await, None);
+    assert_eq!(found("invoices", jb.clone(), j.expires_at).await, None);
+    assert!(b.finish(&j, ApprovalStatus::Approved, t).await.unwrap());
+    assert_eq!(found("invoices", jb.clone(), t).await, Some(j.id.clone()));
+    assert_eq!(b.consume(&j.id, &jb, t).await.unwrap(), Consume::Consumed);
+    // Used (or denied) until it expires: a re-call gets the same answer, nobody is asked.
+    assert_eq!(found("invoices", jb.clone(), t).await, Some(j.id.clone()));
+    assert_eq!(found("invoices", jb.clone(), j.expires_at).await, None);
+    // A failed one is not joined: the next call asks again.
+    let mut f = record(ApprovalStatus::Pending, t + 1);
+    f.binding = jb.clone();
+    b.insert(&f, LEASE).await.unwrap();
+    assert_eq!(
+        found("invoices", jb.clone(), t + 1).await,
+        Some(f.id.clone())
+    );
+    assert!(b.finish(&f, ApprovalStatus::Failed, t + 1).await.unwrap());
+    assert_ne!(
+        found("invoices", jb.clone(), t + 1).await,
+        Some(f.id.clone())
+    );
 }
 
 /// `n` redemptions of `id` at once, from tasks on several threads.

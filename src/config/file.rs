@@ -94,6 +94,12 @@ pub struct Approval {
     pub max_wait_seconds: Option<u64>,
     /// Largest body held while waiting (≤ 65536, the default); over it → 413.
     pub max_body_bytes: Option<usize>,
+    /// On MCP routes, what the client sees while the user decides: `hold` (default: the
+    /// call waits as `mode` says) or `retry_hint` (answer within `round_seconds` with a tool
+    /// error asking the agent to call again; identical re-calls join the same approval).
+    pub mcp: Option<String>,
+    /// Longest one MCP call is held before it is answered (`retry_hint`). Default 50.
+    pub round_seconds: Option<u64>,
 }
 
 /// `listen: "127.0.0.1:8080"` or the long form with TLS.

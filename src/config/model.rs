@@ -169,6 +169,26 @@ pub enum LoginHint {
     IssSub,
 }
 
+/// What an MCP client sees while the user decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum McpApprovalMode {
+    /// The call waits (sync hold) or gets 202 (async), as `mode` says.
+    Hold,
+    /// Answered within `round` by a tool error asking the agent to call again with the same
+    /// arguments; an identical re-call joins the pending approval and, once approved, is
+    /// forwarded exactly once.
+    RetryHint,
+}
+
+impl McpApprovalMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            McpApprovalMode::Hold => "hold",
+            McpApprovalMode::RetryHint => "retry_hint",
+        }
+    }
+}
+
 /// A route's CIBA approval settings.
 #[derive(Debug, Clone)]
 pub struct ApprovalSpec {
@@ -181,6 +201,10 @@ pub struct ApprovalSpec {
     pub scope: String,
     pub max_wait: Duration,
     pub max_body_bytes: usize,
+    /// On MCP routes: what the client sees while the user decides.
+    pub mcp: McpApprovalMode,
+    /// Longest one MCP call is held before it is answered (`RetryHint`).
+    pub round: Duration,
 }
 
 /// How a route gets the token it sends upstream.

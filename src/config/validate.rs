@@ -462,7 +462,7 @@ fn route(
                 src,
                 at,
                 m,
-                &issuers[a.issuer].issuer,
+                &issuers[a.issuer],
                 &a.require_scopes,
             )?)
         }

@@ -3,11 +3,14 @@
 //! approval id (async). Decisions live in `crate::approval`.
 
 use pingora::prelude::Session;
+use serde_json::Value;
 
+use crate::approval::cancel::Registration;
+use crate::approval::join::{self, Round};
 use crate::approval::store::Binding;
 use crate::approval::{Redeemed, APPROVAL_HEADER, STATUS_PREFIX};
 use crate::auth::Verified;
-use crate::config::model::{ApprovalMode, ApprovalSpec, RouteSpec};
+use crate::config::model::{ApprovalMode, ApprovalSpec, McpApprovalMode, RouteSpec};
 use crate::gateway::{bearer_of, Gateway};
 use crate::policy::{ApprovalRequest, Refusal};
 use crate::respond::Reply;
@@ -49,10 +52,31 @@ pub fn binding(session: &Session, path: &str, verified: &Verified, body: &[u8]) 
     }
 }
 
-/// What the held call is: its canonical path and its body.
+/// What the held call is: its canonical path and its body, and on MCP routes its
+/// cancellation registration (a `notifications/cancelled` naming it ends the hold).
 pub struct Call<'a> {
     pub path: &'a str,
     pub body: &'a [u8],
+    pub cancel: Option<Registration>,
+    /// On MCP routes: the single JSON-RPC call held (a tool, prompt or resource).
+    pub rpc: Option<RpcCall>,
+}
+
+/// A JSON-RPC call that needs approval: id, method, name (tool, prompt, resource URI) and
+/// arguments.
+pub struct RpcCall {
+    pub id: Option<Value>,
+    pub method: String,
+    pub name: String,
+    pub arguments: Value,
+}
+
+/// Resolves when the call is cancelled; never without a registration.
+async fn cancelled(cancel: Option<&Registration>) {
+    match cancel {
+        Some(r) => r.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Carry out a `require_approval` decision. `Ok` = forward.
@@ -71,6 +95,51 @@ pub async fn approve(
         .get("iss")
         .and_then(|v| v.as_str())
         .unwrap_or_default();
+    if let (McpApprovalMode::RetryHint, Some(rpc)) = (spec.mcp, &call.rpc) {
+        let binding = join::mcp_binding(who, call.path, &rpc.method, &rpc.name, &rpc.arguments);
+        let ask = join::Ask {
+            spec,
+            route: &route.name,
+            who,
+            iss,
+            req: request,
+        };
+        let round = g
+            .approvals
+            .join_round(ask, binding, cancelled(call.cancel.as_ref()));
+        let outcome = tokio::select! {
+            o = round => o,
+            _ = session.read_body_or_idle(true) => Err(Refusal::ClientClosed),
+        };
+        let metrics = g.approvals.metrics();
+        return match outcome {
+            Ok(Round::Forward) => {
+                metrics.mcp("retry_hint", "approved");
+                Ok(())
+            }
+            Ok(Round::Pending { id, retry_after }) => {
+                metrics.mcp("retry_hint", "pending");
+                let body = join::retry_hint(
+                    rpc.id.as_ref(),
+                    &rpc.name,
+                    &who.sub,
+                    &request.binding_message,
+                    &id,
+                    retry_after,
+                );
+                Err(Refusal::JsonRpc {
+                    status: 200,
+                    label: "approval_pending",
+                    reason: format!("approval {id} pending: the agent was asked to call again"),
+                    body,
+                })
+            }
+            Err(refusal) => {
+                metrics.mcp("retry_hint", refusal.label());
+                Err(refusal)
+            }
+        };
+    }
     match spec.mode {
         ApprovalMode::Sync => {
             let mut held = g.approvals.start_sync(spec, who, iss, request).await?;
@@ -79,6 +148,11 @@ pub async fn approve(
                 _ = session.read_body_or_idle(true) => {
                     tracing::info!(route = %route.name, "client closed the connection during an approval hold; polling stopped");
                     return Err(Refusal::ClientClosed);
+                }
+                _ = cancelled(call.cancel.as_ref()) => {
+                    tracing::info!(route = %route.name, "the client cancelled the held call; polling stopped, nothing forwarded");
+                    g.approvals.metrics().mcp("hold", "cancelled");
+                    return Err(Refusal::ApprovalCancelled);
                 }
             };
             outcome.refusal().map_or(Ok(()), Err)

@@ -9,7 +9,8 @@ use pingora::http::RequestHeader;
 use pingora::prelude::Session;
 use serde_json::{json, Value};
 
-use super::{body, headers, Ctx};
+use super::{body, headers, hold, Ctx};
+use crate::approval::cancel;
 use crate::auth::Verified;
 use crate::config::model::RouteSpec;
 use crate::gateway::Gateway;
@@ -120,12 +121,23 @@ pub async fn authorize(
     let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
     rpc::check_headers(&parsed, header("mcp-method"), header("mcp-name"))
         .map_err(|e| rpc_refusal(400, "mcp_header_mismatch", e))?;
+    // Cancellation is final, whatever the policy says about the notification itself.
+    for m in parsed.messages() {
+        if let Some(id) = &m.cancels {
+            let key = cancel::key(&caller(req, route, verified), id);
+            if g.approvals.cancels.cancel(&key) {
+                g.approvals.metrics().cancelled();
+                tracing::info!(route = %route.name, request_id = %ctx.request_id, "a held MCP call was cancelled by the client");
+            }
+        }
+    }
     let index = g.route_index(route);
     let path = ctx.target.path.clone();
     let path = path.as_str();
     match &parsed {
         Body::Single(m) => {
             ctx.rpc_id = Some(m.id.clone());
+            ctx.rpc_call = rpc_call(m);
             let outcome = decide(g, index, req, path, route, verified, m).await;
             g.metrics.mcp(&route.name, m, outcome_label(&outcome));
             let approval = outcome?;
@@ -172,6 +184,45 @@ pub async fn authorize(
     }
 }
 
+/// Who is calling on an MCP route, and in which session: cancellations must match it.
+pub fn caller<'a>(
+    req: &'a RequestHeader,
+    route: &'a RouteSpec,
+    verified: &'a Verified,
+) -> cancel::Caller<'a> {
+    let who = &verified.identity;
+    cancel::Caller {
+        route: &route.name,
+        iss: who
+            .claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        sub: &who.sub,
+        agent: who.agent.as_deref(),
+        session: req
+            .headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok()),
+    }
+}
+
+/// The call an approval would hold: a tool, prompt or resource request.
+fn rpc_call(m: &Message) -> Option<hold::RpcCall> {
+    let method = m.method.as_deref()?;
+    let name = match method {
+        "tools/call" | "prompts/get" => m.name.clone()?,
+        "resources/read" => m.uri.clone()?,
+        _ => return None,
+    };
+    Some(hold::RpcCall {
+        id: m.id.clone(),
+        method: method.to_string(),
+        name,
+        arguments: m.arguments.clone().unwrap_or_else(|| json!({})),
+    })
+}
+
 fn outcome_label(o: &Result<Option<ApprovalRequest>, Refusal>) -> &'static str {
     match o {
         Ok(None) => "allow",
@@ -199,6 +250,8 @@ fn may_call(
         name: Some(tool.to_string()),
         uri: None,
         arguments: None,
+        cancels: None,
+        progress_token: None,
     };
     let mut input = m.policy_input();
     input["listing"] = json!(true);

@@ -13,6 +13,7 @@ pub const OPS: &[&str] = &[
     "approval_release",
     "approval_insert",
     "approval_get",
+    "approval_join",
     "approval_finish",
     "approval_interval",
     "approval_consume",

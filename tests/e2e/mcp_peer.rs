@@ -14,6 +14,8 @@ pub struct McpServer {
     pub port: u16,
     /// One JSON line per HTTP request the server received (method, path, headers).
     pub log: PathBuf,
+    /// One JSON line per tool run (`tool`, `arguments`).
+    pub tool_log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -28,11 +30,13 @@ impl McpServer {
         );
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("mcp-headers.log");
+        let tool_log = dir.path().join("mcp-tools.log");
         let port = free_port();
         let child = Command::new(python)
             .arg(repo().join("tests/peers/mcp_server.py"))
             .env("MCP_PORT", port.to_string())
             .env("MCP_HEADER_LOG", &log)
+            .env("MCP_TOOL_LOG", &tool_log)
             .env("MCP_JSON_RESPONSE", if json { "1" } else { "0" })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -45,6 +49,7 @@ impl McpServer {
             child,
             port,
             log,
+            tool_log,
             _dir: dir,
         }
     }
@@ -55,11 +60,20 @@ impl McpServer {
 
     /// Requests the server received.
     pub fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        json_lines(&self.log)
+    }
+
+    /// Tools that ran, in order (`{"tool", "arguments"}`).
+    pub fn tool_runs(&self) -> Vec<Value> {
+        json_lines(&self.tool_log)
+    }
+
+    /// How many times `tool` ran.
+    pub fn runs_of(&self, tool: &str) -> usize {
+        self.tool_runs()
+            .iter()
+            .filter(|r| r["tool"] == tool)
+            .count()
     }
 }
 
@@ -68,6 +82,31 @@ impl Drop for McpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn json_lines(path: &PathBuf) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Run `tests/peers/mcp_client_ts1.mjs` (TypeScript SDK 1.x, protocol 2025-11-25):
+/// (exit code, stdout JSON, stderr).
+pub fn ts1_client(url: &str, token: &str, args: &[&str]) -> (i32, Value, String) {
+    let out = Command::new("node")
+        .arg("mcp_client_ts1.mjs")
+        .args(["--url", url, "--token", token])
+        .args(args)
+        .current_dir(repo().join("tests/peers"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let v = serde_json::from_str(&stdout)
+        .unwrap_or_else(|_| panic!("ts1 client output: {stdout}{stderr}"));
+    (out.status.code().unwrap_or(-1), v, stderr)
 }
 
 /// Run `tests/peers/mcp_client.py` (official SDK client): (exit code, stdout, stderr).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::super::file;
 use super::super::model::{
-    ApprovalLimits, ApprovalMode, ApprovalSpec, ClientSpec, LoginHint, RouteSpec,
+    ApprovalLimits, ApprovalMode, ApprovalSpec, ClientSpec, LoginHint, McpApprovalMode, RouteSpec,
 };
 use super::super::{ConfigError, Source};
 use super::credentials::client_index;
@@ -93,7 +93,26 @@ pub fn approval(
             format!("must be between 1 and {MAX_POLICY_BODY}"),
         ));
     }
+    let mcp = match a.mcp.as_deref() {
+        None | Some("hold") => McpApprovalMode::Hold,
+        Some("retry_hint") => McpApprovalMode::RetryHint,
+        Some(other) => {
+            return Err(src.error(
+                &format!("{at}.mcp"),
+                format!("'{other}' is not an MCP approval mode (hold or retry_hint)"),
+            ))
+        }
+    };
+    let round = a.round_seconds.unwrap_or(50.min(max_wait));
+    if round == 0 || round > max_wait {
+        return Err(src.error(
+            &format!("{at}.round_seconds"),
+            format!("must be between 1 and max_wait_seconds ({max_wait})"),
+        ));
+    }
     Ok(ApprovalSpec {
+        mcp,
+        round: Duration::from_secs(round),
         client,
         backchannel_endpoint: a.backchannel_endpoint,
         mode,
@@ -113,6 +132,18 @@ pub fn check_routes(
 ) -> Result<(), ConfigError> {
     for (i, r) in routes.iter().enumerate() {
         let Some(a) = &r.approval else { continue };
+        if a.mcp != McpApprovalMode::Hold && r.mcp.is_none() {
+            return Err(src.error(
+                &format!("routes[{i}].approval.mcp"),
+                "only for `kind: mcp` routes",
+            ));
+        }
+        if a.mcp == McpApprovalMode::RetryHint && limits.store.is_none() && !shared_state {
+            return Err(src.error(
+                &format!("routes[{i}].approval.mcp"),
+                "retry_hint approvals outlive the call in `approvals.store` (or `state.backend: redis`): set it",
+            ));
+        }
         if a.mode == ApprovalMode::Async && limits.store.is_none() && !shared_state {
             return Err(src.error(
                 &format!("routes[{i}].approval.mode"),

@@ -62,6 +62,8 @@ redis.call('HSET', KEYS[1], 'rec', ARGV[2], 'status', 'pending', 'interval', ARG
   'updated', ARGV[4], 'bind', ARGV[5], 'exp', ARGV[6], 'owner', ARGV[7])
 redis.call('EXPIREAT', KEYS[1], ARGV[9])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[8]), ARGV[1])
+redis.call('SET', KEYS[3], ARGV[1])
+redis.call('EXPIREAT', KEYS[3], ARGV[6])
 return 1
 "#,
     )
@@ -202,6 +204,12 @@ impl RedisApprovals {
         }
     }
 
+    /// `ap:join:<digest of route and binding>` → the newest approval id with that binding.
+    fn join_key(&self, route: &str, b: &Binding) -> String {
+        let digest = key_digest(&[route.as_bytes(), binding_digest(b).as_bytes()]);
+        self.redis.key(&format!("ap:join:{digest}"))
+    }
+
     fn record_key(&self, id: &str) -> String {
         self.redis.key(&format!("ap:{id}"))
     }
@@ -281,6 +289,7 @@ impl ApprovalBackend for RedisApprovals {
         };
         let json = serde_json::to_string(&stored).map_err(|e| corrupt(&e.to_string()))?;
         let (key, leases) = (self.record_key(&r.id), self.redis.key("ap:leases"));
+        let join = self.join_key(&r.route, b);
         let args = [
             r.id.clone(),
             json,
@@ -295,12 +304,31 @@ impl ApprovalBackend for RedisApprovals {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let inserted: u8 = self
             .redis
-            .script("approval_insert", &INSERT, &[&key, &leases], &args)
+            .script("approval_insert", &INSERT, &[&key, &leases, &join], &args)
             .await?;
         match inserted {
             1 => Ok(()),
             _ => Err(corrupt("duplicate approval id")),
         }
+    }
+
+    async fn find_latest(
+        &self,
+        route: &str,
+        b: &Binding,
+        now: u64,
+    ) -> Result<Option<ApprovalRecord>, StateError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.join_key(route, b));
+        let id: Option<String> = self.redis.cmd("approval_join", cmd).await?;
+        let Some(id) = id else { return Ok(None) };
+        let found = self.get(&id).await?.filter(|r| {
+            r.route == route
+                && r.binding == *b
+                && r.expires_at > now
+                && r.status != ApprovalStatus::Failed
+        });
+        Ok(found)
     }
 
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StateError> {

@@ -1,0 +1,267 @@
+//! One approval for identical calls. An MCP call that needs approval is bound to the caller,
+//! the route, the tool and a digest of its arguments; a call with the same binding while that
+//! approval lives (until its expiry; a failed one is not joined) joins it instead of asking
+//! the user again. Each call waits at most one round; the call that finds the approval
+//! approved consumes it (single use, atomic in the store) and is forwarded, exactly once;
+//! later identical calls get `approval_invalid` (used), and after a denial the same refusal,
+//! until the approval expires.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::store::{ApprovalStatus, Binding, Consume};
+use super::Approvals;
+use crate::auth::now;
+use crate::claims::Identity;
+use crate::config::model::ApprovalSpec;
+use crate::policy::{ApprovalRequest, Refusal};
+
+/// How often a waiting call looks at the approval's status (any replica may be polling it).
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// An MCP call as an approval binds it: method (`tools/call`, `prompts/get`,
+/// `resources/read`), name (tool, prompt or resource URI) and arguments.
+pub fn mcp_binding(who: &Identity, path: &str, method: &str, name: &str, args: &Value) -> Binding {
+    // serde_json's maps are ordered by key, so equal arguments give equal text.
+    let canonical = json!({ "name": name, "arguments": args }).to_string();
+    Binding {
+        sub: who.sub.clone(),
+        agent: who.agent.clone(),
+        method: format!("MCP {method}"),
+        target: path.to_string(),
+        body_sha256: Binding::body_hash(canonical.as_bytes()),
+    }
+}
+
+/// Who asks whom for what: the route's approval settings, the route, the caller (and their
+/// token's issuer URL) and the policy's request.
+#[derive(Clone, Copy)]
+pub struct Ask<'a> {
+    pub spec: &'a ApprovalSpec,
+    pub route: &'a str,
+    pub who: &'a Identity,
+    pub iss: &'a str,
+    pub req: &'a ApprovalRequest,
+}
+
+/// How one call that needs approval ended.
+#[derive(Debug)]
+pub enum Round {
+    /// Approved: this call consumed the approval; forward it.
+    Forward,
+    /// Still pending after the round; the id of the approval the call joined.
+    Pending { id: String, retry_after: u64 },
+}
+
+impl Approvals {
+    /// Join the open approval bound to `binding` (or ask the user), then wait up to
+    /// `spec.round` for the outcome. `cancelled` resolving ends the wait at once.
+    pub async fn join_round(
+        &self,
+        ask: Ask<'_>,
+        binding: Binding,
+        cancelled: impl Future<Output = ()>,
+    ) -> Result<Round, Refusal> {
+        let started = Instant::now();
+        let id = self.join_or_ask(&ask, &binding).await?;
+        let rounds = self.count_round(&id);
+        let store = self.store.clone().ok_or(Refusal::ApprovalFailed)?;
+        let deadline = started + ask.spec.round;
+        tokio::pin!(cancelled);
+        loop {
+            let record = store
+                .get(&id)
+                .await
+                .map_err(|e| self.store_error(e))?
+                .ok_or(Refusal::ApprovalInvalid)?;
+            let settled = match record.status {
+                ApprovalStatus::Pending => None,
+                ApprovalStatus::Approved => {
+                    match store
+                        .consume(&id, &binding, now())
+                        .await
+                        .map_err(|e| self.store_error(e))?
+                    {
+                        Consume::Consumed => Some(Ok(Round::Forward)),
+                        // Another identical call took it a moment ago: that one runs.
+                        Consume::AlreadyUsed => Some(Err(Refusal::ApprovalInvalid)),
+                        Consume::Expired => Some(Err(Refusal::ApprovalExpired)),
+                        _ => Some(Err(Refusal::ApprovalInvalid)),
+                    }
+                }
+                ApprovalStatus::Denied => Some(Err(Refusal::ApprovalDenied)),
+                ApprovalStatus::Expired => Some(Err(Refusal::ApprovalExpired)),
+                ApprovalStatus::Failed => Some(Err(Refusal::ApprovalFailed)),
+                ApprovalStatus::Used => Some(Err(Refusal::ApprovalInvalid)),
+            };
+            if let Some(outcome) = settled {
+                self.settled(&id, rounds);
+                return outcome;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Round::Pending {
+                    id,
+                    retry_after: record.interval_secs.max(1),
+                });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(CHECK_EVERY.min(left)) => {}
+                _ = &mut cancelled => return Err(Refusal::ApprovalCancelled),
+            }
+        }
+    }
+
+    /// The open approval with this binding, or a new one (the user is asked once: identical
+    /// calls arriving together in this process wait for the first to ask).
+    async fn join_or_ask(&self, ask: &Ask<'_>, binding: &Binding) -> Result<String, Refusal> {
+        let route = ask.route;
+        let store = self.store.clone().ok_or(Refusal::ApprovalFailed)?;
+        let key = join_key(route, binding);
+        let lock = self
+            .joining
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        let guard = lock.lock().await;
+        let found = store
+            .find_latest(route, binding, now())
+            .await
+            .map_err(|e| self.store_error(e));
+        let id = match found? {
+            Some(open) => {
+                tracing::info!(approval = %open.id, route, "an identical call joins a pending approval");
+                open.id
+            }
+            None => {
+                let Ask {
+                    spec,
+                    who,
+                    iss,
+                    req,
+                    ..
+                } = *ask;
+                self.start_async(spec, route, who, iss, req, binding.clone())
+                    .await?
+                    .id
+            }
+        };
+        drop(guard);
+        self.joining.remove_if(&key, |_, l| {
+            Arc::strong_count(l) <= 2 && Arc::ptr_eq(l, &lock)
+        });
+        Ok(id)
+    }
+
+    /// One more call for approval `id`; returns the count so far.
+    fn count_round(&self, id: &str) -> u32 {
+        let mut n = self.rounds.entry(id.to_string()).or_insert((0, now()));
+        n.0 += 1;
+        let count = n.0;
+        drop(n);
+        // Approvals abandoned by their agent are forgotten after an hour.
+        if self.rounds.len() > 1024 {
+            let cutoff = now().saturating_sub(3600);
+            self.rounds.retain(|_, (_, first)| *first > cutoff);
+        }
+        count
+    }
+
+    fn settled(&self, id: &str, rounds: u32) {
+        if self.rounds.remove(id).is_some() {
+            self.metrics.rounds(rounds);
+        }
+    }
+}
+
+fn join_key(route: &str, b: &Binding) -> String {
+    format!(
+        "{route}\0{}\0{}\0{}\0{}\0{}",
+        b.sub,
+        b.agent.as_deref().unwrap_or(""),
+        b.method,
+        b.target,
+        crate::state::hex(&b.body_sha256)
+    )
+}
+
+/// The tool result that tells an agent to call again: `isError` (so it does not treat the
+/// call as done) in words a model acts on.
+pub fn retry_hint(
+    id: Option<&Value>,
+    tool: &str,
+    user: &str,
+    binding_message: &str,
+    approval: &str,
+    retry_after: u64,
+) -> Value {
+    let text = format!(
+        "Waiting for approval: {user} has been asked to approve this call on their own device \
+         (\"{binding_message}\"). It has not run yet. Call the tool `{tool}` again with exactly \
+         the same arguments in about {retry_after} seconds; it runs once {user} approves, \
+         and is refused if they decline. Do not change the arguments: that would ask {user} \
+         again."
+    );
+    json!({
+        "jsonrpc": "2.0",
+        "id": id.cloned().unwrap_or(Value::Null),
+        "result": {
+            "content": [{ "type": "text", "text": text }],
+            "isError": true,
+            "_meta": { "portcullis/approval": {
+                "id": approval, "status": "pending", "retry_after": retry_after,
+            }},
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{mcp_binding, retry_hint};
+    use crate::claims::Identity;
+
+    #[test]
+    fn bindings_ignore_argument_order_but_not_values() {
+        let who = Identity {
+            issuer: "corp".into(),
+            sub: "alice".into(),
+            agent: Some("agent-1".into()),
+            token_scopes: vec![],
+            scopes: vec![],
+            roles: vec![],
+            exp: 0,
+            claims: serde_json::Map::new(),
+        };
+        let a = mcp_binding(&who, "/mcp", "tools/call", "pay", &json!({"a": 1, "b": 2}));
+        let b = mcp_binding(&who, "/mcp", "tools/call", "pay", &json!({"b": 2, "a": 1}));
+        let c = mcp_binding(&who, "/mcp", "tools/call", "pay", &json!({"a": 1, "b": 3}));
+        let d = mcp_binding(
+            &who,
+            "/mcp",
+            "tools/call",
+            "refund",
+            &json!({"a": 1, "b": 2}),
+        );
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+    }
+
+    #[test]
+    fn the_hint_is_a_tool_error_naming_the_tool() {
+        let v = retry_hint(Some(&json!(3)), "pay", "alice", "Pay 5 EUR", "ap1", 5);
+        assert_eq!(v["id"], 3);
+        assert_eq!(v["result"]["isError"], true);
+        let text = v["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(
+            text.contains("`pay` again with exactly the same arguments"),
+            "{text}"
+        );
+        assert_eq!(v["result"]["_meta"]["portcullis/approval"]["id"], "ap1");
+    }
+}
