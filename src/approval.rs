@@ -13,6 +13,7 @@ pub mod cancel;
 pub mod ciba;
 pub mod join;
 mod poll;
+pub mod request_state;
 pub mod store;
 #[cfg(test)]
 mod suite;
@@ -193,6 +194,26 @@ pub struct Approvals {
     joining: Arc<DashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Calls per open MCP approval (first call and re-calls), with the first call's time.
     rounds: Arc<DashMap<String, (u32, u64)>>,
+    /// Keys sealing MCP `requestState`: `approvals.state_key_*`, else random per process.
+    state_keys: Arc<crate::vault::VaultKeys>,
+    state_keys_configured: bool,
+}
+
+/// The `requestState` keys of `config`: checked at load; else a random key for this process.
+fn state_keys(config: &Config) -> crate::vault::VaultKeys {
+    use crate::vault::VaultKeys;
+    let configured = config
+        .approvals
+        .state_key
+        .as_ref()
+        .and_then(|k| VaultKeys::parse(k.expose()).ok());
+    configured.unwrap_or_else(|| {
+        if !matches!(config.state, crate::config::model::StateSpec::Embedded) {
+            tracing::warn!("approvals.state_key_env is not set: MCP requestState is sealed with a key of this replica only, so another replica refuses it");
+        }
+        let key = VaultKeys::generate().expect("random key");
+        VaultKeys::parse(&key).expect("generated key")
+    })
 }
 
 impl Approvals {
@@ -215,6 +236,8 @@ impl Approvals {
             cancels: cancel::Cancels::default(),
             joining: Arc::default(),
             rounds: Arc::default(),
+            state_keys: Arc::new(state_keys(config)),
+            state_keys_configured: config.approvals.state_key.is_some(),
         }
     }
 
@@ -225,6 +248,10 @@ impl Approvals {
         self.cancels = old.cancels.clone();
         self.joining = old.joining.clone();
         self.rounds = old.rounds.clone();
+        if !self.state_keys_configured && !old.state_keys_configured {
+            // Still the random key: states issued before the reload stay valid.
+            self.state_keys = old.state_keys.clone();
+        }
     }
 
     /// The async-approval store, if configured.
@@ -233,6 +260,11 @@ impl Approvals {
     }
 
     /// Pending approvals held by this process.
+    /// Keys sealing MCP `requestState`.
+    pub fn state_keys(&self) -> &crate::vault::VaultKeys {
+        &self.state_keys
+    }
+
     pub fn metrics(&self) -> &ApprovalMetrics {
         &self.metrics
     }

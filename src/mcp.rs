@@ -12,6 +12,12 @@ pub const INVALID_REQUEST: i64 = -32600;
 pub const HEADER_MISMATCH: i64 = -32020;
 /// portcullis: the gateway refused the request (policy, approval, limits).
 pub const REFUSED: i64 = -32003;
+/// Invalid params (a `requestState` this gateway did not issue for this call).
+pub const INVALID_PARAMS: i64 = -32602;
+/// 2026-07-28: where a request carries the client's capabilities.
+pub const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+/// The protocol revision with multi round-trip requests.
+pub const REVISION_MRTR: &str = "2026-07-28";
 
 /// One JSON-RPC message of a POST body.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +36,13 @@ pub struct Message {
     pub cancels: Option<Value>,
     /// `params._meta.progressToken`: the caller accepts `notifications/progress` for it.
     pub progress_token: Option<Value>,
+    /// 2026-07-28 multi round-trip: `params.requestState` sent back on a retry.
+    pub request_state: Option<String>,
+    /// 2026-07-28: `params.inputResponses` (answers to the previous round's requests).
+    pub input_responses: Option<Value>,
+    /// 2026-07-28: the client declared the elicitation capability in
+    /// `params._meta["io.modelcontextprotocol/clientCapabilities"]`.
+    pub elicitation: bool,
 }
 
 impl Message {
@@ -165,6 +178,11 @@ fn message(v: &Value) -> Result<Message, RpcError> {
         .and_then(|m| m.get("progressToken"))
         .filter(|v| v.is_string() || v.is_number())
         .cloned();
+    let meta = field("_meta");
+    let elicitation = meta
+        .and_then(|m| m.get(CLIENT_CAPABILITIES))
+        .and_then(|c| c.get("elicitation"))
+        .is_some_and(Value::is_object);
     Ok(Message {
         id,
         method,
@@ -173,6 +191,11 @@ fn message(v: &Value) -> Result<Message, RpcError> {
         arguments,
         cancels,
         progress_token,
+        request_state: field("requestState")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        input_responses: field("inputResponses").filter(|v| v.is_object()).cloned(),
+        elicitation,
     })
 }
 

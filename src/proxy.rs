@@ -6,6 +6,7 @@ mod body;
 mod headers;
 mod hold;
 mod mcp;
+mod mcp_hold;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,6 +47,9 @@ pub struct Ctx {
     body: Option<bytes::Bytes>,
     /// On MCP routes: the id of the single JSON-RPC request (refusals answer it in JSON-RPC).
     rpc_id: Option<Option<serde_json::Value>>,
+    /// A body to forward instead of the one received (an MCP retry without the gateway's
+    /// round-trip fields); taken by `request_body_filter`.
+    body_rewrite: Option<bytes::Bytes>,
     /// On MCP routes: the single call (tool, prompt, resource) a policy may hold.
     rpc_call: Option<hold::RpcCall>,
     /// On MCP routes: the tools/list rewrite.
@@ -214,7 +218,8 @@ impl Proxy {
                 cancel,
                 rpc: ctx.rpc_call.take(),
             };
-            hold::approve(session, g, &route, spec, &verified, &request, call).await?;
+            ctx.body_rewrite =
+                hold::approve(session, g, &route, spec, &verified, &request, call).await?;
         }
         if let (Some(spec), Some(subject)) = (&route.credentials, subject_token) {
             let t = g
@@ -286,6 +291,7 @@ impl ProxyHttp for Proxy {
             upstream_token: None,
             rpc_id: None,
             rpc_call: None,
+            body_rewrite: None,
             tools: mcp::ToolFilter::default(),
             body: None,
             outcome: "none",
@@ -390,6 +396,10 @@ impl ProxyHttp for Proxy {
             }
         }
         upstream.remove_header(crate::approval::APPROVAL_HEADER);
+        if let Some(body) = &ctx.body_rewrite {
+            upstream.remove_header("transfer-encoding");
+            upstream.insert_header("content-length", body.len().to_string())?;
+        }
         if let Some(target) = &ctx.target.rewrite {
             upstream.set_raw_path(target.as_bytes())?;
         }
@@ -437,6 +447,21 @@ impl ProxyHttp for Proxy {
         if !route.pass_headers.iter().any(|p| p == "forwarded") {
             let fwd = headers::forwarded(client_ip, &client_host, proto);
             upstream.insert_header("forwarded", fwd)?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // The whole body was read before forwarding (it is replayed from pingora's retry
+        // buffer in one piece): send the rewritten one instead, once.
+        if ctx.body_rewrite.is_some() && body.as_ref().is_some_and(|b| !b.is_empty()) {
+            *body = ctx.body_rewrite.take();
         }
         Ok(())
     }

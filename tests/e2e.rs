@@ -35,6 +35,8 @@ mod mcp;
 mod mcp_approvals;
 #[path = "e2e/mcp_peer.rs"]
 mod mcp_peer;
+#[path = "e2e/mcp_rounds.rs"]
+mod mcp_rounds;
 #[path = "e2e/policy.rs"]
 mod policy;
 #[path = "e2e/proxy.rs"]

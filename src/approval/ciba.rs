@@ -139,6 +139,7 @@ mod tests {
             max_wait: Duration::from_secs(60),
             max_body_bytes: 10,
             mcp: crate::config::model::McpApprovalMode::Hold,
+            mcp_explicit: false,
             round: Duration::from_secs(50),
         };
         let req = ApprovalRequest {

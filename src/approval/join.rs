@@ -65,11 +65,22 @@ impl Approvals {
         binding: Binding,
         cancelled: impl Future<Output = ()>,
     ) -> Result<Round, Refusal> {
-        let started = Instant::now();
+        let deadline = Instant::now() + ask.spec.round;
         let id = self.join_or_ask(&ask, &binding).await?;
+        self.wait_round(id, &binding, deadline, cancelled).await
+    }
+
+    /// Wait until `deadline` for approval `id` (bound to `binding`) to settle; approved: this
+    /// call consumes it.
+    pub async fn wait_round(
+        &self,
+        id: String,
+        binding: &Binding,
+        deadline: Instant,
+        cancelled: impl Future<Output = ()>,
+    ) -> Result<Round, Refusal> {
         let rounds = self.count_round(&id);
         let store = self.store.clone().ok_or(Refusal::ApprovalFailed)?;
-        let deadline = started + ask.spec.round;
         tokio::pin!(cancelled);
         loop {
             let record = store
@@ -81,7 +92,7 @@ impl Approvals {
                 ApprovalStatus::Pending => None,
                 ApprovalStatus::Approved => {
                     match store
-                        .consume(&id, &binding, now())
+                        .consume(&id, binding, now())
                         .await
                         .map_err(|e| self.store_error(e))?
                     {
@@ -117,7 +128,7 @@ impl Approvals {
 
     /// The open approval with this binding, or a new one (the user is asked once: identical
     /// calls arriving together in this process wait for the first to ask).
-    async fn join_or_ask(&self, ask: &Ask<'_>, binding: &Binding) -> Result<String, Refusal> {
+    pub async fn join_or_ask(&self, ask: &Ask<'_>, binding: &Binding) -> Result<String, Refusal> {
         let route = ask.route;
         let store = self.store.clone().ok_or(Refusal::ApprovalFailed)?;
         let key = join_key(route, binding);
@@ -154,6 +165,26 @@ impl Approvals {
             Arc::strong_count(l) <= 2 && Arc::ptr_eq(l, &lock)
         });
         Ok(id)
+    }
+
+    /// The caller withdrew (declined in the client): a pending approval `id` is recorded as
+    /// denied, so no call bound to it runs.
+    pub async fn withdraw(&self, id: &str) -> Result<(), Refusal> {
+        let store = self.store.clone().ok_or(Refusal::ApprovalFailed)?;
+        if let Some(r) = store.get(id).await.map_err(|e| self.store_error(e))? {
+            store
+                .finish(&r, ApprovalStatus::Denied, now())
+                .await
+                .map_err(|e| self.store_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// When approval `id` expires (unix seconds), if it is known.
+    pub async fn expires_at(&self, id: &str) -> Result<Option<u64>, Refusal> {
+        let store = self.store.clone().ok_or(Refusal::ApprovalFailed)?;
+        let record = store.get(id).await.map_err(|e| self.store_error(e))?;
+        Ok(record.map(|r| r.expires_at))
     }
 
     /// One more call for approval `id`; returns the count so far.

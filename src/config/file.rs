@@ -75,6 +75,10 @@ pub struct Approvals {
     /// Pending approvals at once, in total (default 10000) and per user (default 10).
     pub max_pending: Option<usize>,
     pub max_pending_per_user: Option<usize>,
+    /// Keys sealing MCP `requestState` (`id:base64[,id2:base64]`, first seals): environment
+    /// variable or file. Without them a random key per process (one replica only).
+    pub state_key_env: Option<String>,
+    pub state_key_file: Option<String>,
 }
 
 /// Holding a risky call until the user approves it through OpenID CIBA (poll mode).
@@ -94,9 +98,8 @@ pub struct Approval {
     pub max_wait_seconds: Option<u64>,
     /// Largest body held while waiting (≤ 65536, the default); over it → 413.
     pub max_body_bytes: Option<usize>,
-    /// On MCP routes, what the client sees while the user decides: `hold` (default: the
-    /// call waits as `mode` says) or `retry_hint` (answer within `round_seconds` with a tool
-    /// error asking the agent to call again; identical re-calls join the same approval).
+    /// On MCP routes, what the client sees while the user decides: `auto` (default with an
+    /// approval store), `input_required`, `retry_hint` or `hold` (default without a store).
     pub mcp: Option<String>,
     /// Longest one MCP call is held before it is answered (`retry_hint`). Default 50.
     pub round_seconds: Option<u64>,

@@ -122,6 +122,8 @@ pub struct ApprovalLimits {
     pub store: Option<PathBuf>,
     pub max_pending: usize,
     pub max_pending_per_user: usize,
+    /// Keys sealing MCP `requestState` (`id:base64,...`); `None`: random per process.
+    pub state_key: Option<Secret>,
 }
 
 /// Where approvals, rate-limit buckets and the upstream-token cache live.
@@ -178,6 +180,11 @@ pub enum McpApprovalMode {
     /// arguments; an identical re-call joins the pending approval and, once approved, is
     /// forwarded exactly once.
     RetryHint,
+    /// 2026-07-28 multi round-trip: `input_required` with an elicitation (when the client
+    /// declared it) and a sealed `requestState`, each round held up to `round`.
+    InputRequired,
+    /// `InputRequired` for 2026-07-28 calls, else `RetryHint`.
+    Auto,
 }
 
 impl McpApprovalMode {
@@ -185,6 +192,8 @@ impl McpApprovalMode {
         match self {
             McpApprovalMode::Hold => "hold",
             McpApprovalMode::RetryHint => "retry_hint",
+            McpApprovalMode::InputRequired => "input_required",
+            McpApprovalMode::Auto => "auto",
         }
     }
 }
@@ -203,6 +212,8 @@ pub struct ApprovalSpec {
     pub max_body_bytes: usize,
     /// On MCP routes: what the client sees while the user decides.
     pub mcp: McpApprovalMode,
+    /// Whether `mcp` was set in the file (else `Auto` with a store, `Hold` without).
+    pub mcp_explicit: bool,
     /// Longest one MCP call is held before it is answered (`RetryHint`).
     pub round: Duration,
 }

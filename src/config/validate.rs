@@ -119,7 +119,7 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
         return Err(src.error("routes", "at least one route is required"));
     }
     let shared = !matches!(state, super::model::StateSpec::Embedded);
-    approval::check_routes(src, &routes, &approvals, shared)?;
+    approval::check_routes(src, &mut routes, &approvals, shared)?;
     state::check(src, &state, &approvals, vault.is_some(), &routes)?;
 
     Ok(Config {

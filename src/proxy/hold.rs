@@ -2,11 +2,12 @@
 //! connection stays open, a client disconnect stops the polling) or answer 202 / redeem an
 //! approval id (async). Decisions live in `crate::approval`.
 
+use bytes::Bytes;
 use pingora::prelude::Session;
 use serde_json::Value;
 
+use super::mcp_hold;
 use crate::approval::cancel::Registration;
-use crate::approval::join::{self, Round};
 use crate::approval::store::Binding;
 use crate::approval::{Redeemed, APPROVAL_HEADER, STATUS_PREFIX};
 use crate::auth::Verified;
@@ -69,17 +70,24 @@ pub struct RpcCall {
     pub method: String,
     pub name: String,
     pub arguments: Value,
+    /// Sent with the 2026-07-28 revision (multi round-trip requests).
+    pub revision_mrtr: bool,
+    /// The client declared the elicitation capability (2026-07-28).
+    pub elicitation: bool,
+    /// A retry's `requestState` and `inputResponses`.
+    pub request_state: Option<String>,
+    pub input_responses: Option<Value>,
 }
 
 /// Resolves when the call is cancelled; never without a registration.
-async fn cancelled(cancel: Option<&Registration>) {
+pub async fn cancelled(cancel: Option<&Registration>) {
     match cancel {
         Some(r) => r.cancelled().await,
         None => std::future::pending().await,
     }
 }
 
-/// Carry out a `require_approval` decision. `Ok` = forward.
+/// Carry out a `require_approval` decision. `Ok` = forward (`Some`: with this body instead).
 pub async fn approve(
     session: &mut Session,
     g: &Gateway,
@@ -88,57 +96,23 @@ pub async fn approve(
     verified: &Verified,
     request: &ApprovalRequest,
     call: Call<'_>,
-) -> Result<(), Refusal> {
+) -> Result<Option<Bytes>, Refusal> {
     let who = &verified.identity;
     let iss = who
         .claims
         .get("iss")
         .and_then(|v| v.as_str())
         .unwrap_or_default();
-    if let (McpApprovalMode::RetryHint, Some(rpc)) = (spec.mcp, &call.rpc) {
-        let binding = join::mcp_binding(who, call.path, &rpc.method, &rpc.name, &rpc.arguments);
-        let ask = join::Ask {
-            spec,
-            route: &route.name,
-            who,
-            iss,
-            req: request,
+    if let Some(rpc) = &call.rpc {
+        let mode = match spec.mcp {
+            McpApprovalMode::Auto if rpc.revision_mrtr => McpApprovalMode::InputRequired,
+            McpApprovalMode::Auto => McpApprovalMode::RetryHint,
+            m => m,
         };
-        let round = g
-            .approvals
-            .join_round(ask, binding, cancelled(call.cancel.as_ref()));
-        let outcome = tokio::select! {
-            o = round => o,
-            _ = session.read_body_or_idle(true) => Err(Refusal::ClientClosed),
-        };
-        let metrics = g.approvals.metrics();
-        return match outcome {
-            Ok(Round::Forward) => {
-                metrics.mcp("retry_hint", "approved");
-                Ok(())
-            }
-            Ok(Round::Pending { id, retry_after }) => {
-                metrics.mcp("retry_hint", "pending");
-                let body = join::retry_hint(
-                    rpc.id.as_ref(),
-                    &rpc.name,
-                    &who.sub,
-                    &request.binding_message,
-                    &id,
-                    retry_after,
-                );
-                Err(Refusal::JsonRpc {
-                    status: 200,
-                    label: "approval_pending",
-                    reason: format!("approval {id} pending: the agent was asked to call again"),
-                    body,
-                })
-            }
-            Err(refusal) => {
-                metrics.mcp("retry_hint", refusal.label());
-                Err(refusal)
-            }
-        };
+        if mode != McpApprovalMode::Hold {
+            return mcp_hold::approve(session, g, route, spec, verified, request, &call, rpc, mode)
+                .await;
+        }
     }
     match spec.mode {
         ApprovalMode::Sync => {
@@ -155,7 +129,7 @@ pub async fn approve(
                     return Err(Refusal::ApprovalCancelled);
                 }
             };
-            outcome.refusal().map_or(Ok(()), Err)
+            outcome.refusal().map_or(Ok(None), Err)
         }
         ApprovalMode::Async => {
             let binding = binding(session, call.path, verified, call.body);
@@ -167,7 +141,7 @@ pub async fn approve(
                 .map(str::to_string);
             let accepted = match presented {
                 Some(id) => match g.approvals.redeem(&id, binding).await? {
-                    Redeemed::Forward => return Ok(()),
+                    Redeemed::Forward => return Ok(None),
                     Redeemed::StillPending(a) => a,
                 },
                 None => {

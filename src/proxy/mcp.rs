@@ -137,7 +137,7 @@ pub async fn authorize(
     match &parsed {
         Body::Single(m) => {
             ctx.rpc_id = Some(m.id.clone());
-            ctx.rpc_call = rpc_call(m);
+            ctx.rpc_call = rpc_call(m, req);
             let outcome = decide(g, index, req, path, route, verified, m).await;
             g.metrics.mcp(&route.name, m, outcome_label(&outcome));
             let approval = outcome?;
@@ -208,7 +208,7 @@ pub fn caller<'a>(
 }
 
 /// The call an approval would hold: a tool, prompt or resource request.
-fn rpc_call(m: &Message) -> Option<hold::RpcCall> {
+fn rpc_call(m: &Message, req: &RequestHeader) -> Option<hold::RpcCall> {
     let method = m.method.as_deref()?;
     let name = match method {
         "tools/call" | "prompts/get" => m.name.clone()?,
@@ -220,6 +220,14 @@ fn rpc_call(m: &Message) -> Option<hold::RpcCall> {
         method: method.to_string(),
         name,
         arguments: m.arguments.clone().unwrap_or_else(|| json!({})),
+        revision_mrtr: m.request_state.is_some()
+            || req
+                .headers
+                .get("mcp-protocol-version")
+                .is_some_and(|v| v.as_bytes() == rpc::REVISION_MRTR.as_bytes()),
+        elicitation: m.elicitation,
+        request_state: m.request_state.clone(),
+        input_responses: m.input_responses.clone(),
     })
 }
 
@@ -252,6 +260,9 @@ fn may_call(
         arguments: None,
         cancels: None,
         progress_token: None,
+        request_state: None,
+        input_responses: None,
+        elicitation: false,
     };
     let mut input = m.policy_input();
     input["listing"] = json!(true);

@@ -17,7 +17,7 @@ use crate::support::{config, metric, Gw, Op};
 
 /// An MCP route whose payments over 1000 need approval (policy `mcp_invoices`); `approval`
 /// is the route's `approval:` block body.
-fn gateway(op: &Op, server: &McpServer, approval: &str, dir: &tempfile::TempDir) -> Gw {
+pub fn gateway(op: &Op, server: &McpServer, approval: &str, dir: &tempfile::TempDir) -> Gw {
     let routes = format!(
         r#"  - name: mcp
     kind: mcp
@@ -52,7 +52,7 @@ fn gateway(op: &Op, server: &McpServer, approval: &str, dir: &tempfile::TempDir)
     )
 }
 
-fn payer(op: &Op, gw: &Gw) -> String {
+pub fn payer(op: &Op, gw: &Gw) -> String {
     op.mint(
         json!({"sub": "alice", "client_id": "agent-1", "scope": "invoices:read invoices:pay",
                    "resource": format!("http://127.0.0.1:{}/mcp", gw.port)}),

@@ -31,6 +31,20 @@ pub fn limits(
             a.max_pending_per_user,
             10,
         )?,
+        state_key: match super::credentials::secret(
+            src,
+            base,
+            "approvals.state_key_env",
+            a.state_key_env.as_deref(),
+            a.state_key_file.as_deref(),
+        )? {
+            Some(k) => {
+                crate::vault::VaultKeys::parse(k.expose())
+                    .map_err(|e| src.error("approvals.state_key_env", e.to_string()))?;
+                Some(k)
+            }
+            None => None,
+        },
     })
 }
 
@@ -93,13 +107,20 @@ pub fn approval(
             format!("must be between 1 and {MAX_POLICY_BODY}"),
         ));
     }
+    // `None` here: `auto` where an approval store exists, else `hold` (see check_routes).
     let mcp = match a.mcp.as_deref() {
-        None | Some("hold") => McpApprovalMode::Hold,
-        Some("retry_hint") => McpApprovalMode::RetryHint,
+        None => None,
+        Some("hold") => Some(McpApprovalMode::Hold),
+        Some("retry_hint") => Some(McpApprovalMode::RetryHint),
+        Some("input_required") => Some(McpApprovalMode::InputRequired),
+        Some("auto") => Some(McpApprovalMode::Auto),
         Some(other) => {
             return Err(src.error(
                 &format!("{at}.mcp"),
-                format!("'{other}' is not an MCP approval mode (hold or retry_hint)"),
+                format!(
+                    "'{other}' is not an MCP approval mode (auto, input_required, retry_hint \
+                     or hold)"
+                ),
             ))
         }
     };
@@ -111,7 +132,8 @@ pub fn approval(
         ));
     }
     Ok(ApprovalSpec {
-        mcp,
+        mcp: mcp.unwrap_or(McpApprovalMode::Auto),
+        mcp_explicit: mcp.is_some(),
         round: Duration::from_secs(round),
         client,
         backchannel_endpoint: a.backchannel_endpoint,
@@ -126,24 +148,37 @@ pub fn approval(
 /// Cross-route checks: an async route needs `approvals.store` (or a shared state backend).
 pub fn check_routes(
     src: &Source,
-    routes: &[Arc<RouteSpec>],
+    routes: &mut [Arc<RouteSpec>],
     limits: &ApprovalLimits,
     shared_state: bool,
 ) -> Result<(), ConfigError> {
-    for (i, r) in routes.iter().enumerate() {
+    let stored = limits.store.is_some() || shared_state;
+    for (i, r) in routes.iter_mut().enumerate() {
         let Some(a) = &r.approval else { continue };
-        if a.mcp != McpApprovalMode::Hold && r.mcp.is_none() {
+        if a.mcp_explicit && r.mcp.is_none() {
             return Err(src.error(
                 &format!("routes[{i}].approval.mcp"),
                 "only for `kind: mcp` routes",
             ));
         }
-        if a.mcp == McpApprovalMode::RetryHint && limits.store.is_none() && !shared_state {
+        if a.mcp_explicit && a.mcp != McpApprovalMode::Hold && !stored {
             return Err(src.error(
                 &format!("routes[{i}].approval.mcp"),
-                "retry_hint approvals outlive the call in `approvals.store` (or `state.backend: redis`): set it",
+                format!(
+                    "{} approvals outlive the call in `approvals.store` (or `state.backend: redis`): set it",
+                    a.mcp.label()
+                ),
             ));
         }
+        if !a.mcp_explicit && (!stored || r.mcp.is_none()) {
+            // Without a store an approval cannot outlive the call: hold it.
+            if let Some(route) = Arc::get_mut(r) {
+                if let Some(a) = route.approval.as_mut() {
+                    a.mcp = McpApprovalMode::Hold;
+                }
+            }
+        }
+        let Some(a) = &r.approval else { continue };
         if a.mode == ApprovalMode::Async && limits.store.is_none() && !shared_state {
             return Err(src.error(
                 &format!("routes[{i}].approval.mode"),

@@ -1,0 +1,236 @@
+//! MCP 2026-07-28 multi round-trip approvals (`approval.mcp: input_required`, and `auto` for
+//! 2026-07-28 clients): each round is held up to `round_seconds`, then answered
+//! `input_required` with an elicitation (when the client declared it) and a sealed
+//! `requestState`; the retry that finds the approval approved runs the tool once. With the
+//! official Python SDK 2.x `Client` and the TypeScript `@modelcontextprotocol/client` 2.x,
+//! and raw calls for hostile states.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::mcp_approvals::{gateway, payer};
+use crate::mcp_peer::{mcp_client, McpServer};
+use crate::support::{client, metric, repo, Gw, Op};
+
+fn ts2_client(url: &str, token: &str, args: &[&str]) -> (i32, Value, String) {
+    let out = std::process::Command::new("node")
+        .arg("mcp_client_ts2.mjs")
+        .args(["--url", url, "--token", token])
+        .args(args)
+        .current_dir(repo().join("tests/peers"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let v = serde_json::from_str(&stdout)
+        .unwrap_or_else(|_| panic!("ts2 client output: {stdout}{stderr}"));
+    (out.status.code().unwrap_or(-1), v, stderr)
+}
+
+const PAY: &str = r#"{"invoice_id":"INV-42","amount":5000}"#;
+
+#[test]
+fn python_client_survives_a_90_second_approval_through_elicitation_rounds() {
+    let op = Op::start_env(&[("CIBA_INTERVAL", "1")]);
+    let server = McpServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        &op,
+        &server,
+        "round_seconds: 30, max_wait_seconds: 300",
+        &dir,
+    );
+    let started = Instant::now();
+    // The first elicitation comes after round 1 (30 s); the user approves 60 s later.
+    let (code, out, err) = mcp_client(
+        &gw.url("/mcp"),
+        &payer(&op, &gw),
+        &[
+            "--mode",
+            "2026-07-28",
+            "--call",
+            "pay_invoice",
+            "--args",
+            PAY,
+            "--elicit",
+            "accept",
+            "--elicit-url",
+            &format!("{}/approve/latest", op.url()),
+            "--elicit-delay",
+            "60",
+        ],
+    );
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(took >= Duration::from_secs(88), "{took:?}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["protocol_version"], "2026-07-28");
+    assert!(v["result"].to_string().contains("paid"), "{out}");
+    let elicitations = v["elicitations"].as_array().unwrap();
+    assert_eq!(elicitations.len(), 3, "{out}");
+    assert!(elicitations[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("approve this call on your own device: \"Pay INV-42 5000 EUR\""));
+    assert_eq!(server.runs_of("pay_invoice"), 1, "{:?}", server.tool_runs());
+    assert_eq!(op.pending(true).len(), 1, "the user was asked once");
+    let metrics = gw.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"portcullis_mcp_approvals_total{mode="input_required",outcome="pending"}"#
+        ),
+        3,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "portcullis_mcp_approval_rounds_sum"), 4);
+}
+
+#[test]
+fn typescript_client_2_survives_a_90_second_approval() {
+    let op = Op::start_env(&[("CIBA_INTERVAL", "1")]);
+    let server = McpServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    // `mcp` unset: `auto` (there is an approval store) → input_required for 2026-07-28.
+    let gw = gateway(
+        &op,
+        &server,
+        "round_seconds: 30, max_wait_seconds: 300",
+        &dir,
+    );
+    let (url, token) = (gw.url("/mcp"), payer(&op, &gw));
+    let started = Instant::now();
+    let client =
+        thread::spawn(move || ts2_client(&url, &token, &["--call", "pay_invoice", "--args", PAY]));
+    let request = op.wait_pending();
+    thread::sleep(Duration::from_secs(90).saturating_sub(started.elapsed()));
+    op.answer("approve", request["auth_req_id"].as_str().unwrap());
+    let (code, out, err) = client.join().unwrap();
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(out["protocol_version"], "2026-07-28");
+    assert!(out["result"].to_string().contains("paid"), "{out}");
+    assert_eq!(out["elicitations"].as_array().unwrap().len(), 3, "{out}");
+    assert_eq!(server.runs_of("pay_invoice"), 1);
+    assert_eq!(op.pending(true).len(), 1);
+}
+
+/// A raw 2026-07-28 `tools/call` (no SDK), as a hostile client would send it.
+fn raw_call(gw: &Gw, token: &str, id: u64, args: Value, state: Option<&str>) -> Value {
+    let mut params = json!({
+        "name": "pay_invoice",
+        "arguments": args,
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {},
+        },
+    });
+    if let Some(s) = state {
+        params["requestState"] = json!(s);
+    }
+    let r = client()
+        .post(gw.url("/mcp"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "pay_invoice")
+        .body(
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+                .to_string(),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().unwrap();
+    // JSON, or the MCP server's SSE answer once forwarded.
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or(&text);
+    serde_json::from_str(data).unwrap_or_else(|_| panic!("{text}"))
+}
+
+#[test]
+fn hostile_request_states_are_refused_and_nothing_runs() {
+    let op = Op::start_env(&[("CIBA_INTERVAL", "1")]);
+    let server = McpServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        &op,
+        &server,
+        "mcp: input_required, round_seconds: 1, max_wait_seconds: 300",
+        &dir,
+    );
+    let alice = payer(&op, &gw);
+    let args = json!({"invoice_id": "INV-42", "amount": 5000});
+    let first = raw_call(&gw, &alice, 1, args.clone(), None);
+    assert_eq!(first["result"]["resultType"], "input_required", "{first}");
+    // No elicitation capability declared: a state-only round.
+    assert!(first["result"].get("inputRequests").is_none(), "{first}");
+    let state = first["result"]["requestState"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Still pending: the same state comes back with another round.
+    let again = raw_call(&gw, &alice, 2, args.clone(), Some(&state));
+    assert_eq!(again["result"]["resultType"], "input_required", "{again}");
+
+    let refused = |v: &Value, why: &str| {
+        assert_eq!(v["error"]["code"], -32602, "{why}: {v}");
+    };
+    let mut tampered = state.clone().into_bytes();
+    let i = tampered.len() / 2;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    refused(
+        &raw_call(&gw, &alice, 3, args.clone(), Some(&tampered)),
+        "tampered",
+    );
+    let other_args = json!({"invoice_id": "INV-42", "amount": 9000});
+    refused(
+        &raw_call(&gw, &alice, 4, other_args, Some(&state)),
+        "other arguments",
+    );
+    let bob = op.mint(
+        json!({"sub": "bob", "client_id": "agent-1", "scope": "invoices:read invoices:pay",
+               "set": {"roles": ["finance"]},
+               "resource": format!("http://127.0.0.1:{}/mcp", gw.port)}),
+    );
+    refused(
+        &raw_call(&gw, &bob, 5, args.clone(), Some(&state)),
+        "another user",
+    );
+    let other_agent = op.mint(json!({"sub": "alice", "client_id": "agent-2",
+        "scope": "invoices:read invoices:pay", "resource": format!("http://127.0.0.1:{}/mcp", gw.port)}));
+    refused(
+        &raw_call(&gw, &other_agent, 6, args.clone(), Some(&state)),
+        "another agent",
+    );
+    assert_eq!(server.runs_of("pay_invoice"), 0);
+
+    // Approved: the retry runs the tool once; the MCP server never sees the gateway's state.
+    op.answer(
+        "approve",
+        op.wait_pending()["auth_req_id"].as_str().unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        let v = raw_call(&gw, &alice, 7, args.clone(), Some(&state));
+        if v["result"]["resultType"] != "input_required" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+    };
+    assert!(done["result"].to_string().contains("paid"), "{done}");
+    assert_eq!(server.runs_of("pay_invoice"), 1);
+    // Replayed after use: refused, nothing runs again.
+    let replay = raw_call(&gw, &alice, 8, args.clone(), Some(&state));
+    assert_eq!(replay["error"]["code"], -32003, "{replay}");
+    assert!(replay.to_string().contains("approval_invalid"), "{replay}");
+    assert_eq!(server.runs_of("pay_invoice"), 1);
+    assert_eq!(op.pending(true).len(), 1, "the user was asked once");
+}
