@@ -85,6 +85,8 @@ impl Message {
 
 /// A POST body: one message or a batch.
 #[derive(Debug, Clone, PartialEq)]
+// One body per request, parsed once and never copied: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Body {
     Single(Message),
     Batch(Vec<Message>),
