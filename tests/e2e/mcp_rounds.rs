@@ -234,3 +234,126 @@ fn hostile_request_states_are_refused_and_nothing_runs() {
     assert_eq!(server.runs_of("pay_invoice"), 1);
     assert_eq!(op.pending(true).len(), 1, "the user was asked once");
 }
+
+#[test]
+fn a_round_started_on_one_replica_is_finished_on_another() {
+    let Some(redis) = crate::redis_peer::redis_or_skip("mcp_rounds::replicas") else {
+        return;
+    };
+    let op = Op::start_env(&[("CIBA_INTERVAL", "1")]);
+    let server = McpServer::start(false);
+    // Both replicas serve the same resource and share Redis and the requestState key.
+    let resource = "https://mcp.portcullis.test/mcp";
+    let routes = format!(
+        r#"  - name: mcp
+    kind: mcp
+    match: {{ path_prefix: /mcp }}
+    upstream: "{{upstream}}"
+    auth: {{ issuer: corp, require_scopes: ["invoices:read"] }}
+    policy: mcp_invoices
+    mcp: {{ resource: "{resource}" }}
+    approval: {{ client: gw, backchannel_endpoint: "{op}/backchannel", mcp: input_required, round_seconds: 1 }}
+"#,
+        op = op.url()
+    );
+    let yaml = crate::support::config(&op.url(), &op.issuer, &server.url(), &routes)
+        .replace(r#"audiences: ["#, &format!(r#"audiences: ["{resource}", "#))
+        .replace(
+            "routes:\n",
+            &format!(
+                "clients:\n  - {{ name: gw, token_endpoint: \"{}/token\", client_id: portcullis, \
+                 client_secret_env: PORTCULLIS_TEST_CLIENT_SECRET }}\n\
+                 approvals: {{ state_key_env: PORTCULLIS_TEST_STATE_KEY }}\n\
+                 state:\n  backend: redis\n  redis: {{ url: \"{}\", key_prefix: \"pc-mrtr:\" }}\n\
+                 routes:\n",
+                op.url(),
+                redis.url()
+            ),
+        );
+    let env = [
+        ("PORTCULLIS_TEST_CLIENT_SECRET", "portcullis-secret"),
+        (
+            "PORTCULLIS_TEST_STATE_KEY",
+            "s1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        ),
+    ];
+    let a = Gw::start_env(&yaml, true, &env);
+    let b = Gw::start_env(&yaml, true, &env);
+    let alice = op.mint(json!({"sub": "alice", "client_id": "agent-1",
+                              "scope": "invoices:read invoices:pay", "resource": resource}));
+    let args = json!({"invoice_id": "INV-42", "amount": 5000});
+    let first = raw_call(&a, &alice, 1, args.clone(), None);
+    let state = first["result"]["requestState"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_string();
+    op.answer(
+        "approve",
+        op.wait_pending()["auth_req_id"].as_str().unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let done = loop {
+        let v = raw_call(&b, &alice, 2, args.clone(), Some(&state));
+        if v["result"]["resultType"] != "input_required" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+    };
+    assert!(done["result"].to_string().contains("paid"), "{done}");
+    assert_eq!(server.runs_of("pay_invoice"), 1);
+    // Replayed on the first replica: used, refused.
+    let replay = raw_call(&a, &alice, 3, args, Some(&state));
+    assert!(replay.to_string().contains("approval_invalid"), "{replay}");
+    assert_eq!(server.runs_of("pay_invoice"), 1);
+    assert_eq!(op.pending(true).len(), 1);
+}
+
+#[test]
+fn a_denial_or_a_decline_at_the_client_runs_nothing() {
+    let op = Op::start_env(&[("CIBA_INTERVAL", "1")]);
+    let server = McpServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        &op,
+        &server,
+        "round_seconds: 2, max_wait_seconds: 300",
+        &dir,
+    );
+    let (url, token) = (gw.url("/mcp"), payer(&op, &gw));
+    let call = |answer: &'static str, invoice: &'static str| {
+        let (url, token) = (url.clone(), token.clone());
+        thread::spawn(move || {
+            let args = format!(r#"{{"invoice_id":"{invoice}","amount":5000}}"#);
+            mcp_client(
+                &url,
+                &token,
+                &[
+                    "--mode",
+                    "2026-07-28",
+                    "--call",
+                    "pay_invoice",
+                    "--args",
+                    &args,
+                    "--elicit",
+                    answer,
+                ],
+            )
+        })
+    };
+    // The user denies on their device: the next round refuses with the reason.
+    let client = call("accept", "INV-1");
+    op.answer("deny", op.wait_pending()["auth_req_id"].as_str().unwrap());
+    let (code, out, err) = client.join().unwrap();
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("the user denied this request"),
+        "{out}{err}"
+    );
+    // The person at the client declines the elicitation: withdrawn, refused.
+    let client = call("decline", "INV-2");
+    let (code, out, err) = client.join().unwrap();
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(format!("{out}{err}").contains("denied"), "{out}{err}");
+    assert_eq!(server.runs_of("pay_invoice"), 0, "{:?}", server.tool_runs());
+    assert_eq!(op.pending(true).len(), 2);
+}
