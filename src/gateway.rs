@@ -35,6 +35,9 @@ pub struct Gateway {
     /// configurations reloaded from this one.
     pub state: Arc<State>,
     pub metrics: Metrics,
+    /// For calls the gateway forwards itself (an MCP call approved while its progress stream
+    /// is open): no redirects, no proxy from the environment.
+    pub upstream_http: reqwest::Client,
 }
 
 /// A bearer token from the Authorization header values of a request.
@@ -207,7 +210,14 @@ impl Gateway {
                 })
             })
             .collect();
+        let upstream_http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| source.error("routes", format!("cannot build HTTP client: {e}")))?;
         Ok(Gateway {
+            upstream_http,
             state,
             approvals,
             credentials,

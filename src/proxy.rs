@@ -7,6 +7,7 @@ mod headers;
 mod hold;
 mod mcp;
 mod mcp_hold;
+mod progress;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -50,6 +51,8 @@ pub struct Ctx {
     /// A body to forward instead of the one received (an MCP retry without the gateway's
     /// round-trip fields); taken by `request_body_filter`.
     body_rewrite: Option<bytes::Bytes>,
+    /// The gateway wrote the whole response itself (an MCP progress stream): the outcome.
+    answered: Option<&'static str>,
     /// On MCP routes: the single call (tool, prompt, resource) a policy may hold.
     rpc_call: Option<hold::RpcCall>,
     /// On MCP routes: the tools/list rewrite.
@@ -215,11 +218,19 @@ impl Proxy {
             let call = hold::Call {
                 path: &ctx.target.path,
                 body: &body,
+                request_id: &ctx.request_id,
+                subject_token: subject_token.as_deref(),
                 cancel,
                 rpc: ctx.rpc_call.take(),
             };
-            ctx.body_rewrite =
-                hold::approve(session, g, &route, spec, &verified, &request, call).await?;
+            match hold::approve(session, g, &route, spec, &verified, &request, call).await? {
+                hold::Approved::Forward => {}
+                hold::Approved::ForwardBody(b) => ctx.body_rewrite = Some(b),
+                hold::Approved::Answered(outcome) => {
+                    ctx.answered = Some(outcome);
+                    return Ok(());
+                }
+            }
         }
         if let (Some(spec), Some(subject)) = (&route.credentials, subject_token) {
             let t = g
@@ -292,6 +303,7 @@ impl ProxyHttp for Proxy {
             rpc_id: None,
             rpc_call: None,
             body_rewrite: None,
+            answered: None,
             tools: mcp::ToolFilter::default(),
             body: None,
             outcome: "none",
@@ -347,6 +359,14 @@ impl ProxyHttp for Proxy {
         let metrics = g.metrics.route(route_name(ctx));
         metrics.authz_seconds.observe(start.elapsed().as_secs_f64());
         match result {
+            Ok(()) if ctx.answered.is_some() => {
+                let outcome = ctx.answered.unwrap_or("allowed");
+                ctx.outcome = outcome;
+                if outcome == "allowed" {
+                    metrics.allowed.inc();
+                }
+                Ok(true)
+            }
             Ok(()) => {
                 ctx.outcome = "allowed";
                 metrics.allowed.inc();

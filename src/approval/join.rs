@@ -67,6 +67,7 @@ impl Approvals {
     ) -> Result<Round, Refusal> {
         let deadline = Instant::now() + ask.spec.round;
         let id = self.join_or_ask(&ask, &binding).await?;
+        self.count_round(&id);
         self.wait_round(id, &binding, deadline, cancelled).await
     }
 
@@ -79,7 +80,6 @@ impl Approvals {
         deadline: Instant,
         cancelled: impl Future<Output = ()>,
     ) -> Result<Round, Refusal> {
-        let rounds = self.count_round(&id);
         let store = self.store.clone().ok_or(Refusal::ApprovalFailed)?;
         tokio::pin!(cancelled);
         loop {
@@ -109,7 +109,7 @@ impl Approvals {
                 ApprovalStatus::Used => Some(Err(Refusal::ApprovalInvalid)),
             };
             if let Some(outcome) = settled {
-                self.settled(&id, rounds);
+                self.settled(&id);
                 return outcome;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -187,8 +187,8 @@ impl Approvals {
         Ok(record.map(|r| r.expires_at))
     }
 
-    /// One more call for approval `id`; returns the count so far.
-    fn count_round(&self, id: &str) -> u32 {
+    /// One more call (or round) for approval `id`; returns the count so far.
+    pub fn count_round(&self, id: &str) -> u32 {
         let mut n = self.rounds.entry(id.to_string()).or_insert((0, now()));
         n.0 += 1;
         let count = n.0;
@@ -201,8 +201,8 @@ impl Approvals {
         count
     }
 
-    fn settled(&self, id: &str, rounds: u32) {
-        if self.rounds.remove(id).is_some() {
+    fn settled(&self, id: &str) {
+        if let Some((_, (rounds, _))) = self.rounds.remove(id) {
             self.metrics.rounds(rounds);
         }
     }

@@ -183,7 +183,11 @@ pub enum McpApprovalMode {
     /// 2026-07-28 multi round-trip: `input_required` with an elicitation (when the client
     /// declared it) and a sealed `requestState`, each round held up to `round`.
     InputRequired,
-    /// `InputRequired` for 2026-07-28 calls, else `RetryHint`.
+    /// 2025 revisions, calls with a `progressToken`: answered as SSE at once, with
+    /// `notifications/progress` until the user decides, then the server's answer.
+    Progress,
+    /// `InputRequired` for 2026-07-28 calls, `Progress` for calls with a progress token,
+    /// else `RetryHint`.
     Auto,
 }
 
@@ -193,6 +197,7 @@ impl McpApprovalMode {
             McpApprovalMode::Hold => "hold",
             McpApprovalMode::RetryHint => "retry_hint",
             McpApprovalMode::InputRequired => "input_required",
+            McpApprovalMode::Progress => "progress",
             McpApprovalMode::Auto => "auto",
         }
     }

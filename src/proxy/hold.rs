@@ -6,8 +6,9 @@ use bytes::Bytes;
 use pingora::prelude::Session;
 use serde_json::Value;
 
-use super::mcp_hold;
+use super::{mcp_hold, progress};
 use crate::approval::cancel::Registration;
+use crate::approval::join::Ask;
 use crate::approval::store::Binding;
 use crate::approval::{Redeemed, APPROVAL_HEADER, STATUS_PREFIX};
 use crate::auth::Verified;
@@ -58,6 +59,9 @@ pub fn binding(session: &Session, path: &str, verified: &Verified, body: &[u8]) 
 pub struct Call<'a> {
     pub path: &'a str,
     pub body: &'a [u8],
+    pub request_id: &'a str,
+    /// The caller's token, on routes with `credentials:` (for a call the gateway forwards).
+    pub subject_token: Option<&'a str>,
     pub cancel: Option<Registration>,
     /// On MCP routes: the single JSON-RPC call held (a tool, prompt or resource).
     pub rpc: Option<RpcCall>,
@@ -77,6 +81,18 @@ pub struct RpcCall {
     /// A retry's `requestState` and `inputResponses`.
     pub request_state: Option<String>,
     pub input_responses: Option<Value>,
+    /// `params._meta.progressToken`: the client takes `notifications/progress`.
+    pub progress_token: Option<Value>,
+}
+
+/// How an approved call goes on.
+pub enum Approved {
+    /// Forwarded as received.
+    Forward,
+    /// Forwarded with this body (the gateway's round-trip fields removed).
+    ForwardBody(Bytes),
+    /// The gateway answered (and forwarded it itself if approved); the outcome label.
+    Answered(&'static str),
 }
 
 /// Resolves when the call is cancelled; never without a registration.
@@ -96,7 +112,7 @@ pub async fn approve(
     verified: &Verified,
     request: &ApprovalRequest,
     call: Call<'_>,
-) -> Result<Option<Bytes>, Refusal> {
+) -> Result<Approved, Refusal> {
     let who = &verified.identity;
     let iss = who
         .claims
@@ -106,12 +122,36 @@ pub async fn approve(
     if let Some(rpc) = &call.rpc {
         let mode = match spec.mcp {
             McpApprovalMode::Auto if rpc.revision_mrtr => McpApprovalMode::InputRequired,
+            McpApprovalMode::Auto if rpc.progress_token.is_some() => McpApprovalMode::Progress,
             McpApprovalMode::Auto => McpApprovalMode::RetryHint,
             m => m,
         };
-        if mode != McpApprovalMode::Hold {
-            return mcp_hold::approve(session, g, route, spec, verified, request, &call, rpc, mode)
+        match (mode, &rpc.progress_token) {
+            (McpApprovalMode::Hold, _) => {}
+            (McpApprovalMode::Progress, Some(_)) => {
+                let ask = Ask {
+                    spec,
+                    route: &route.name,
+                    who,
+                    iss,
+                    req: request,
+                };
+                return progress::approve(session, g, route, verified, ask, &call, rpc).await;
+            }
+            // `progress` for a call without a token: tell the agent to call again.
+            (McpApprovalMode::Progress, None) => {
+                let mode = McpApprovalMode::RetryHint;
+                return mcp_hold::approve(
+                    session, g, route, spec, verified, request, &call, rpc, mode,
+                )
                 .await;
+            }
+            (mode, _) => {
+                return mcp_hold::approve(
+                    session, g, route, spec, verified, request, &call, rpc, mode,
+                )
+                .await
+            }
         }
     }
     match spec.mode {
@@ -129,7 +169,7 @@ pub async fn approve(
                     return Err(Refusal::ApprovalCancelled);
                 }
             };
-            outcome.refusal().map_or(Ok(None), Err)
+            outcome.refusal().map_or(Ok(Approved::Forward), Err)
         }
         ApprovalMode::Async => {
             let binding = binding(session, call.path, verified, call.body);
@@ -141,7 +181,7 @@ pub async fn approve(
                 .map(str::to_string);
             let accepted = match presented {
                 Some(id) => match g.approvals.redeem(&id, binding).await? {
-                    Redeemed::Forward => return Ok(None),
+                    Redeemed::Forward => return Ok(Approved::Forward),
                     Redeemed::StillPending(a) => a,
                 },
                 None => {

@@ -228,6 +228,7 @@ fn rpc_call(m: &Message, req: &RequestHeader) -> Option<hold::RpcCall> {
         elicitation: m.elicitation,
         request_state: m.request_state.clone(),
         input_responses: m.input_responses.clone(),
+        progress_token: m.progress_token.clone(),
     })
 }
 

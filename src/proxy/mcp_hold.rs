@@ -7,7 +7,7 @@ use bytes::Bytes;
 use pingora::prelude::Session;
 use serde_json::{json, Value};
 
-use super::hold::{cancelled, Call, RpcCall};
+use super::hold::{cancelled, Approved, Call, RpcCall};
 use crate::approval::join::{self, Ask, Round};
 use crate::approval::request_state::{self, StateClaims};
 use crate::auth::{now, Verified};
@@ -33,7 +33,7 @@ pub async fn approve(
     call: &Call<'_>,
     rpc: &RpcCall,
     mode: McpApprovalMode,
-) -> Result<Option<Bytes>, Refusal> {
+) -> Result<Approved, Refusal> {
     let who = &verified.identity;
     let iss = who
         .claims
@@ -76,6 +76,7 @@ pub async fn approve(
             }
             _ => g.approvals.join_or_ask(&ask, &binding).await?,
         };
+        g.approvals.count_round(&id);
         let outcome = g
             .approvals
             .wait_round(
@@ -94,10 +95,11 @@ pub async fn approve(
     match outcome {
         Ok((_, Round::Forward)) => {
             metrics.mcp(label, "approved");
-            Ok(rpc
+            let rewrite = rpc
                 .request_state
                 .as_ref()
-                .and_then(|_| without_round_trip(call.body)))
+                .and_then(|_| without_round_trip(call.body));
+            Ok(rewrite.map_or(Approved::Forward, Approved::ForwardBody))
         }
         Ok((id, Round::Pending { retry_after, .. })) => {
             metrics.mcp(label, "pending");

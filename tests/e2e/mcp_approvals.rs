@@ -69,7 +69,7 @@ fn a_cancelled_hold_never_runs_the_tool_even_when_approved_later() {
     let op = Op::start_env(&[("CIBA_INTERVAL", "1")]);
     let server = McpServer::start(false);
     let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(&op, &server, "max_wait_seconds: 120", &dir);
+    let gw = gateway(&op, &server, "mcp: hold, max_wait_seconds: 120", &dir);
     let (url, token) = (gw.url("/mcp"), payer(&op, &gw));
     let started = Instant::now();
     // The TypeScript SDK's default: give up after 60 s, send notifications/cancelled, and
@@ -213,4 +213,55 @@ fn retry_hint_joins_the_pending_approval_and_runs_the_tool_once() {
     ] {
         assert_eq!(metric(&metrics, series), want, "{series}\n{metrics}");
     }
+}
+
+#[test]
+fn progress_keeps_a_2025_client_waiting_through_a_90_second_approval() {
+    let op = Op::start_env(&[("CIBA_INTERVAL", "1")]);
+    let server = McpServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    // `mcp` unset with an approval store: `auto`, which picks `progress` for a 2025 call
+    // carrying a progress token.
+    let gw = gateway(&op, &server, "max_wait_seconds: 300", &dir);
+    let (url, token) = (gw.url("/mcp"), payer(&op, &gw));
+    let started = Instant::now();
+    let client = thread::spawn(move || {
+        ts1_client(
+            &url,
+            &token,
+            &[
+                "--call",
+                "pay_invoice",
+                "--args",
+                r#"{"invoice_id":"INV-42","amount":5000}"#,
+                "--progress",
+            ],
+        )
+    });
+    let request = op.wait_pending();
+    thread::sleep(Duration::from_secs(90).saturating_sub(started.elapsed()));
+    assert_eq!(
+        server.runs_of("pay_invoice"),
+        0,
+        "nothing runs before the approval"
+    );
+    op.answer("approve", request["auth_req_id"].as_str().unwrap());
+    let (code, out, err) = client.join().unwrap();
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(started.elapsed() >= Duration::from_secs(90));
+    assert!(out["result"].to_string().contains("paid"), "{out}");
+    let progress = err.matches("progress_notification").count();
+    assert!(progress >= 15, "{progress} progress notifications: {err}");
+    assert!(err.contains("waiting for alice to approve on their device: Pay INV-42 5000 EUR"));
+    assert_eq!(server.runs_of("pay_invoice"), 1);
+    assert_eq!(asked(&op).len(), 1);
+    let metrics = gw.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"portcullis_mcp_approvals_total{mode="progress",outcome="approved"}"#
+        ),
+        1,
+        "{metrics}"
+    );
 }

@@ -113,13 +113,14 @@ pub fn approval(
         Some("hold") => Some(McpApprovalMode::Hold),
         Some("retry_hint") => Some(McpApprovalMode::RetryHint),
         Some("input_required") => Some(McpApprovalMode::InputRequired),
+        Some("progress") => Some(McpApprovalMode::Progress),
         Some("auto") => Some(McpApprovalMode::Auto),
         Some(other) => {
             return Err(src.error(
                 &format!("{at}.mcp"),
                 format!(
-                    "'{other}' is not an MCP approval mode (auto, input_required, retry_hint \
-                     or hold)"
+                    "'{other}' is not an MCP approval mode (auto, input_required, progress, \
+                     retry_hint or hold)"
                 ),
             ))
         }
