@@ -7,10 +7,12 @@ the gateway (release build) on loopback, then:
   2. starts N approval holds and waits until the gateway reports N pending:
      sync: N held connections (one CIBA request each);
      async: N requests answered 202 (their connections closed), N pollers left;
+     mcp: N MCP 2026-07-28 tools/call (distinct arguments) answered `input_required` after a
+          1 s round (connections closed), N pollers left;
   3. measures RSS and the same latency again while they are pending;
   4. sync: closes every held connection (client disconnect) and checks the holds are released.
 Bounded, loopback only, stops by itself.
-Usage: benches/load/approvals.py [N] [sync|async]
+Usage: benches/load/approvals.py [N] [sync|async|mcp]
 """
 import asyncio
 import json
@@ -49,6 +51,27 @@ def latencies(gw, token, n=500):
     return {"p50_us": round(out[len(out) // 2]), "p99_us": round(out[int(len(out) * 0.99)]), "n": n}
 
 
+def mcp_call(i):
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "load", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}}}
+    return json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {
+        "name": "pay_invoice", "arguments": {"invoice_id": f"INV-{i}", "amount": 5000}, "_meta": meta}})
+
+
+async def hold_mcp(port, token, i):
+    body = mcp_call(i)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write((f"POST /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                  "content-type: application/json\r\naccept: application/json, text/event-stream\r\n"
+                  "mcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: pay_invoice\r\n"
+                  f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}").encode())
+    await writer.drain()
+    answer = await reader.read()
+    assert b"input_required" in answer, answer[:200]
+    writer.close()
+
+
 async def hold(port, token, body, opened):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write((f"POST /invoices/finance/INV-7/pay HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
@@ -67,11 +90,14 @@ async def open_holds(port, token, n):
     opened = []
     sem = asyncio.Semaphore(32)
 
-    async def one():
+    async def one(i):
         async with sem:
-            await hold(port, token, body, opened)
+            if MODE == "mcp":
+                await hold_mcp(port, token, i)
+            else:
+                await hold(port, token, body, opened)
 
-    await asyncio.gather(*(one() for _ in range(n)))
+    await asyncio.gather(*(one(i) for i in range(n)))
     return opened
 
 
@@ -100,7 +126,7 @@ issuers:
   - name: corp
     issuer: "{op}"
     jwks_uri: "{op}/jwks"
-    audiences: ["https://api.portcullis.test"]
+    audiences: ["https://api.portcullis.test", "https://mcp.portcullis.test/mcp"]
 clients:
   - {{ name: gw, token_endpoint: "{op}/token", client_id: portcullis, client_secret_env: LOAD_SECRET }}
 routes:
@@ -110,7 +136,15 @@ routes:
     auth: {{ issuer: corp, require_scopes: ["invoices:read"] }}
     policy: invoices
     policy_body: true
-    approval: {{ client: gw, backchannel_endpoint: "{op}/backchannel", max_wait_seconds: 600, mode: {MODE} }}
+    approval: {{ client: gw, backchannel_endpoint: "{op}/backchannel", max_wait_seconds: 600, mode: {"sync" if MODE == "mcp" else MODE} }}
+  - name: mcp
+    kind: mcp
+    match: {{ path_prefix: /mcp }}
+    upstream: "http://127.0.0.1:{up_port}"
+    auth: {{ issuer: corp, require_scopes: ["invoices:read"] }}
+    policy: mcp_invoices
+    mcp: {{ resource: "https://mcp.portcullis.test/mcp" }}
+    approval: {{ client: gw, backchannel_endpoint: "{op}/backchannel", max_wait_seconds: 600, mcp: input_required, round_seconds: 1 }}
 """
         path = os.path.join(work, "load.yaml")
         with open(path, "w") as f:
@@ -124,13 +158,18 @@ routes:
         body = json.dumps({"sub": "alice", "scope": "invoices:read invoices:pay", "set": {"dept": "finance"}})
         _, tok = http("POST", f"{op}/test/token", body.encode(), {"content-type": "application/json"})
         token = json.loads(tok)["access_token"]
+        if MODE == "mcp":
+            body = json.dumps({"sub": "alice", "scope": "invoices:read invoices:pay",
+                               "resource": "https://mcp.portcullis.test/mcp"})
+            _, tok = http("POST", f"{op}/test/token", body.encode(), {"content-type": "application/json"})
+            mcp_token = json.loads(tok)["access_token"]
         base = f"http://127.0.0.1:{gw_port}"
         latencies(base, token, 200)  # warm-up
         before = {"rss_kib": rss_kib(gw.pid), **latencies(base, token)}
 
         started = time.time()
         loop = asyncio.new_event_loop()
-        opened = loop.run_until_complete(open_holds(gw_port, token, N))
+        opened = loop.run_until_complete(open_holds(gw_port, mcp_token if MODE == "mcp" else token, N))
         while metric(admin, "portcullis_approvals_pending") < N and time.time() - started < 300:
             time.sleep(1)
         pending = metric(admin, "portcullis_approvals_pending")
