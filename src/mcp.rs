@@ -43,6 +43,8 @@ pub struct Message {
     /// 2026-07-28: the client declared the elicitation capability in
     /// `params._meta["io.modelcontextprotocol/clientCapabilities"]`.
     pub elicitation: bool,
+    /// ... and its URL mode (`elicitation.url`).
+    pub elicitation_url: bool,
 }
 
 impl Message {
@@ -181,10 +183,12 @@ fn message(v: &Value) -> Result<Message, RpcError> {
         .filter(|v| v.is_string() || v.is_number())
         .cloned();
     let meta = field("_meta");
-    let elicitation = meta
+    let declared = meta
         .and_then(|m| m.get(CLIENT_CAPABILITIES))
         .and_then(|c| c.get("elicitation"))
-        .is_some_and(Value::is_object);
+        .filter(|e| e.is_object());
+    let elicitation = declared.is_some();
+    let elicitation_url = declared.is_some_and(|e| e.get("url").is_some_and(Value::is_object));
     Ok(Message {
         id,
         method,
@@ -198,6 +202,7 @@ fn message(v: &Value) -> Result<Message, RpcError> {
             .map(str::to_string),
         input_responses: field("inputResponses").filter(|v| v.is_object()).cloned(),
         elicitation,
+        elicitation_url,
     })
 }
 

@@ -161,6 +161,54 @@ impl Reply {
         Reply::json(200, Bytes::from(body.to_string()))
     }
 
+    /// An approval's status as a page for a person (URL-mode elicitation): no script, no
+    /// framing, no referrer; it refreshes itself while pending.
+    pub fn approval_page(record: &crate::approval::store::ApprovalRecord) -> Reply {
+        use crate::approval::store::ApprovalStatus;
+        let escape = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let (status, next) = match record.status {
+            ApprovalStatus::Pending => (
+                "waiting for your approval",
+                "Approve or deny it in the notification from your identity provider on your                  own device. This page does not approve anything; it updates by itself.",
+            ),
+            ApprovalStatus::Approved => ("approved", "The call runs when your agent sends it."),
+            ApprovalStatus::Used => ("approved and done", "The call ran once."),
+            ApprovalStatus::Denied => ("denied", "Nothing runs."),
+            ApprovalStatus::Expired => ("expired", "Nothing runs."),
+            ApprovalStatus::Failed => ("failed", "Nothing runs."),
+        };
+        let refresh = if record.status == ApprovalStatus::Pending {
+            r#"<meta http-equiv="refresh" content="5">"#
+        } else {
+            ""
+        };
+        let html = format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\">{refresh}\
+             <title>Approval: {status}</title></head><body><h1>{}</h1>\
+             <p>Status: <strong>{status}</strong>.</p><p>{next}</p></body></html>",
+            escape(&record.binding_message)
+        );
+        Reply {
+            status: 200,
+            headers: vec![
+                ("content-type", "text/html; charset=utf-8".to_string()),
+                ("cache-control", "no-store".to_string()),
+                (
+                    "content-security-policy",
+                    "default-src 'none'; frame-ancestors 'none'".to_string(),
+                ),
+                ("referrer-policy", "no-referrer".to_string()),
+                ("x-frame-options", "DENY".to_string()),
+            ],
+            body: Bytes::from(html),
+        }
+    }
+
     /// The response when proxying failed after the request was allowed.
     pub fn upstream_failure(status: u16) -> Reply {
         let (code, description) = match status {

@@ -58,8 +58,38 @@ impl StateError {
 
 /// Seal `claims` with the primary key.
 pub fn seal(keys: &VaultKeys, claims: &StateClaims) -> Option<String> {
-    let plain = serde_json::to_vec(claims).ok()?;
-    let (nonce, sealed) = keys.seal(AAD, &plain).ok()?;
+    seal_raw(keys, AAD, &serde_json::to_vec(claims).ok()?)
+}
+
+/// What the link to an approval's status page binds (see [`page_token`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PageClaims {
+    approval: String,
+    exp: u64,
+}
+
+const PAGE_AAD: &[u8] = b"portcullis approval page v1";
+
+/// The capability in the link to approval `id`'s status page, valid until `exp`: only the
+/// caller it was given to (in their elicitation) can open the page.
+pub fn page_token(keys: &VaultKeys, id: &str, exp: u64) -> Option<String> {
+    let claims = PageClaims {
+        approval: id.to_string(),
+        exp,
+    };
+    seal_raw(keys, PAGE_AAD, &serde_json::to_vec(&claims).ok()?)
+}
+
+/// Whether `token` opens the status page of approval `id` at `now`.
+pub fn page_allows(keys: &VaultKeys, token: &str, id: &str, now: u64) -> bool {
+    open_raw(keys, PAGE_AAD, token)
+        .ok()
+        .and_then(|plain| serde_json::from_slice::<PageClaims>(&plain).ok())
+        .is_some_and(|c| c.approval == id && c.exp > now)
+}
+
+fn seal_raw(keys: &VaultKeys, aad: &[u8], plain: &[u8]) -> Option<String> {
+    let (nonce, sealed) = keys.seal(aad, plain).ok()?;
     let id = keys.primary_id().as_bytes();
     let mut raw = Vec::with_capacity(1 + id.len() + nonce.len() + sealed.len());
     raw.push(u8::try_from(id.len()).ok()?);
@@ -77,6 +107,23 @@ pub fn open(
     expected: &StateClaims,
     now: u64,
 ) -> Result<StateClaims, StateError> {
+    let plain = open_raw(keys, AAD, text)?;
+    let claims: StateClaims = serde_json::from_slice(&plain).map_err(|_| StateError::Forged)?;
+    if claims.exp <= now {
+        return Err(StateError::Expired);
+    }
+    let same = StateClaims {
+        approval: claims.approval.clone(),
+        exp: claims.exp,
+        ..expected.clone()
+    };
+    if claims != same {
+        return Err(StateError::Mismatch);
+    }
+    Ok(claims)
+}
+
+fn open_raw(keys: &VaultKeys, aad: &[u8], text: &str) -> Result<Vec<u8>, StateError> {
     if text.len() > MAX_LEN {
         return Err(StateError::Malformed);
     }
@@ -92,22 +139,8 @@ pub fn open(
     let (id, rest) = rest.split_at(id_len);
     let (nonce, sealed) = rest.split_at(12);
     let id = std::str::from_utf8(id).map_err(|_| StateError::Malformed)?;
-    let plain = keys
-        .open(id, nonce, AAD, sealed)
-        .map_err(|_| StateError::Forged)?;
-    let claims: StateClaims = serde_json::from_slice(&plain).map_err(|_| StateError::Forged)?;
-    if claims.exp <= now {
-        return Err(StateError::Expired);
-    }
-    let same = StateClaims {
-        approval: claims.approval.clone(),
-        exp: claims.exp,
-        ..expected.clone()
-    };
-    if claims != same {
-        return Err(StateError::Mismatch);
-    }
-    Ok(claims)
+    keys.open(id, nonce, aad, sealed)
+        .map_err(|_| StateError::Forged)
 }
 
 #[cfg(test)]

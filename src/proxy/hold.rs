@@ -22,6 +22,9 @@ use crate::respond::Reply;
 pub async fn status(session: &Session, g: &Gateway, path: &str) -> Result<Reply, Refusal> {
     let req = session.req_header();
     let id = path.strip_prefix(STATUS_PREFIX).unwrap_or("");
+    if let Some(id) = id.strip_suffix("/page") {
+        return page(session, g, id).await;
+    }
     let token = bearer_of(&req.headers)?;
     let record = g.approvals.record(id).await?.ok_or(Refusal::NoRoute)?;
     let route = g
@@ -35,6 +38,24 @@ pub async fn status(session: &Session, g: &Gateway, path: &str) -> Result<Reply,
         return Err(Refusal::NoRoute);
     }
     Ok(Reply::approval_status(&record))
+}
+
+/// `GET /.portcullis/approvals/<id>/page?k=<link key>`: the approval's status as a small page,
+/// for the person an MCP client showed the link to (URL-mode elicitation). The key is sealed
+/// for this approval and expires with it; anything else is 404. The page approves nothing.
+async fn page(session: &Session, g: &Gateway, id: &str) -> Result<Reply, Refusal> {
+    let key = session
+        .req_header()
+        .uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("k=")))
+        .unwrap_or("");
+    let keys = g.approvals.state_keys();
+    if !crate::approval::request_state::page_allows(keys, key, id, crate::auth::now()) {
+        return Err(Refusal::NoRoute);
+    }
+    let record = g.approvals.record(id).await?.ok_or(Refusal::NoRoute)?;
+    Ok(Reply::approval_page(&record))
 }
 
 /// Method, path and query, body hash, user and agent: what an approval is for.
@@ -76,8 +97,9 @@ pub struct RpcCall {
     pub arguments: Value,
     /// Sent with the 2026-07-28 revision (multi round-trip requests).
     pub revision_mrtr: bool,
-    /// The client declared the elicitation capability (2026-07-28).
+    /// The client declared the elicitation capability (2026-07-28), and its URL mode.
     pub elicitation: bool,
+    pub elicitation_url: bool,
     /// A retry's `requestState` and `inputResponses`.
     pub request_state: Option<String>,
     pub input_responses: Option<Value>,

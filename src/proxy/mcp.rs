@@ -226,6 +226,7 @@ fn rpc_call(m: &Message, req: &RequestHeader) -> Option<hold::RpcCall> {
                 .get("mcp-protocol-version")
                 .is_some_and(|v| v.as_bytes() == rpc::REVISION_MRTR.as_bytes()),
         elicitation: m.elicitation,
+        elicitation_url: m.elicitation_url,
         request_state: m.request_state.clone(),
         input_responses: m.input_responses.clone(),
         progress_token: m.progress_token.clone(),
@@ -264,6 +265,7 @@ fn may_call(
         request_state: None,
         input_responses: None,
         elicitation: false,
+        elicitation_url: false,
     };
     let mut input = m.policy_input();
     input["listing"] = json!(true);

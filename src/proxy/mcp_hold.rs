@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::hold::{cancelled, Approved, Call, RpcCall};
 use crate::approval::join::{self, Ask, Round};
 use crate::approval::request_state::{self, StateClaims};
+use crate::approval::STATUS_PREFIX;
 use crate::auth::{now, Verified};
 use crate::config::model::{ApprovalSpec, McpApprovalMode, RouteSpec};
 use crate::gateway::Gateway;
@@ -111,9 +112,21 @@ pub async fn approve(
                         exp,
                         ..expected
                     };
-                    let state = request_state::seal(g.approvals.state_keys(), &claims)
-                        .ok_or(Refusal::ApprovalFailed)?;
-                    input_required(rpc, &who.sub, &request.binding_message, &state)
+                    let keys = g.approvals.state_keys();
+                    let state =
+                        request_state::seal(keys, &claims).ok_or(Refusal::ApprovalFailed)?;
+                    // URL mode: a link to the approval's status page, for this caller only.
+                    let page = match (&route.mcp, rpc.elicitation_url) {
+                        (Some(m), true) => request_state::page_token(keys, &id, exp)
+                            .map(|k| format!("{}{STATUS_PREFIX}{id}/page?k={k}", m.origin)),
+                        _ => None,
+                    };
+                    let text = Prompt {
+                        user: &who.sub,
+                        binding_message: &request.binding_message,
+                        page: page.as_deref(),
+                    };
+                    input_required(rpc, &text, &state)
                 }
                 _ => join::retry_hint(
                     rpc.id.as_ref(),
@@ -156,22 +169,35 @@ fn declined(responses: Option<&Value>) -> bool {
         .is_some_and(|a| a == "decline" || a == "cancel")
 }
 
-/// A 2026-07-28 `input_required` result: an elicitation (form mode) telling the person to
-/// approve on their own device, where the client declared elicitation, and the sealed state.
-fn input_required(call: &RpcCall, user: &str, binding_message: &str, state: &str) -> Value {
+/// What the elicitation says, and the status page it links to (URL mode).
+struct Prompt<'a> {
+    user: &'a str,
+    binding_message: &'a str,
+    page: Option<&'a str>,
+}
+
+/// A 2026-07-28 `input_required` result: where the client declared elicitation, one telling
+/// the person to approve on their own device (URL mode with a link to the approval's status
+/// page where declared, form mode otherwise), and the sealed state.
+fn input_required(call: &RpcCall, p: &Prompt<'_>, state: &str) -> Value {
     let mut result = json!({ "resultType": "input_required", "requestState": state });
     if call.elicitation {
         let message = format!(
-            "{user}, approve this call on your own device: \"{binding_message}\". It runs once \
-             you approve there; accept here to keep waiting, decline to cancel it."
+            "{}, approve this call on your own device: \"{}\". It runs once you approve \
+             there; accept here to keep waiting, decline to cancel it.",
+            p.user, p.binding_message
         );
-        result["inputRequests"] = json!({ INPUT_KEY: {
-            "method": "elicitation/create",
-            "params": {
+        let params = match p.page {
+            Some(url) => json!({ "mode": "url", "message": message, "url": url }),
+            None => json!({
                 "mode": "form",
                 "message": message,
                 "requestedSchema": { "type": "object", "properties": {} },
-            },
+            }),
+        };
+        result["inputRequests"] = json!({ INPUT_KEY: {
+            "method": "elicitation/create",
+            "params": params,
         }});
     }
     json!({ "jsonrpc": "2.0", "id": call.id.clone().unwrap_or(Value::Null), "result": result })

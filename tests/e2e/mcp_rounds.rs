@@ -32,7 +32,7 @@ fn ts2_client(url: &str, token: &str, args: &[&str]) -> (i32, Value, String) {
 const PAY: &str = r#"{"invoice_id":"INV-42","amount":5000}"#;
 
 #[test]
-fn python_client_survives_a_90_second_approval_through_elicitation_rounds() {
+fn python_client_survives_a_95_second_approval_through_elicitation_rounds() {
     let op = Op::start_env(&[("CIBA_INTERVAL", "1")]);
     let server = McpServer::start(false);
     let dir = tempfile::tempdir().unwrap();
@@ -43,7 +43,8 @@ fn python_client_survives_a_90_second_approval_through_elicitation_rounds() {
         &dir,
     );
     let started = Instant::now();
-    // The first elicitation comes after round 1 (30 s); the user approves 60 s later.
+    // The first elicitation comes after round 1 (30 s); the user approves 65 s later, in the
+    // middle of round 4 (90-120 s).
     let (code, out, err) = mcp_client(
         &gw.url("/mcp"),
         &payer(&op, &gw),
@@ -59,12 +60,12 @@ fn python_client_survives_a_90_second_approval_through_elicitation_rounds() {
             "--elicit-url",
             &format!("{}/approve/latest", op.url()),
             "--elicit-delay",
-            "60",
+            "65",
         ],
     );
     let took = started.elapsed();
     assert_eq!(code, 0, "{out}{err}");
-    assert!(took >= Duration::from_secs(88), "{took:?}");
+    assert!(took >= Duration::from_secs(93), "{took:?}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["protocol_version"], "2026-07-28");
     assert!(v["result"].to_string().contains("paid"), "{out}");
@@ -76,6 +77,23 @@ fn python_client_survives_a_90_second_approval_through_elicitation_rounds() {
         .contains("approve this call on your own device: \"Pay INV-42 5000 EUR\""));
     assert_eq!(server.runs_of("pay_invoice"), 1, "{:?}", server.tool_runs());
     assert_eq!(op.pending(true).len(), 1, "the user was asked once");
+    // The client declared URL-mode elicitation: a link to this approval's status page.
+    assert_eq!(elicitations[0]["mode"], "url", "{out}");
+    let link = elicitations[0]["url"].as_str().unwrap();
+    assert!(
+        link.starts_with(&gw.url("/.portcullis/approvals/")),
+        "{link}"
+    );
+    let page = client().get(link).send().unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    let html = page.text().unwrap();
+    assert!(
+        html.contains("Pay INV-42 5000 EUR") && html.contains("approved and done"),
+        "{html}"
+    );
+    let forged = format!("{}x", &link[..link.len() - 1]);
+    assert_eq!(client().get(forged).send().unwrap().status(), 404);
     let metrics = gw.metrics();
     assert_eq!(
         metric(
@@ -89,7 +107,7 @@ fn python_client_survives_a_90_second_approval_through_elicitation_rounds() {
 }
 
 #[test]
-fn typescript_client_2_survives_a_90_second_approval() {
+fn typescript_client_2_survives_a_95_second_approval() {
     let op = Op::start_env(&[("CIBA_INTERVAL", "1")]);
     let server = McpServer::start(false);
     let dir = tempfile::tempdir().unwrap();
@@ -105,7 +123,8 @@ fn typescript_client_2_survives_a_90_second_approval() {
     let client =
         thread::spawn(move || ts2_client(&url, &token, &["--call", "pay_invoice", "--args", PAY]));
     let request = op.wait_pending();
-    thread::sleep(Duration::from_secs(90).saturating_sub(started.elapsed()));
+    // Approved in the middle of round 4 (90-120 s after the call).
+    thread::sleep(Duration::from_secs(95).saturating_sub(started.elapsed()));
     op.answer("approve", request["auth_req_id"].as_str().unwrap());
     let (code, out, err) = client.join().unwrap();
     assert_eq!(code, 0, "{out} {err}");
