@@ -107,6 +107,14 @@ fn strings(v: Option<&Value>) -> Option<Vec<String>> {
 }
 
 impl Identity {
+    /// The token's `iss` (verified equal to the issuer's URL).
+    pub fn iss(&self) -> &str {
+        self.claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+
     /// Build from a payload whose signature, issuer, audience and times were verified.
     pub fn from_claims(
         issuer: &IssuerSpec,

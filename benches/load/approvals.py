@@ -59,17 +59,44 @@ def mcp_call(i):
         "name": "pay_invoice", "arguments": {"invoice_id": f"INV-{i}", "amount": 5000}, "_meta": meta}})
 
 
+STATES = {}
+
+
+def mcp_request(token, body):
+    return (f"POST /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "content-type: application/json\r\naccept: application/json, text/event-stream\r\n"
+            "mcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: pay_invoice\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}").encode()
+
+
 async def hold_mcp(port, token, i):
     body = mcp_call(i)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write((f"POST /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-                  "content-type: application/json\r\naccept: application/json, text/event-stream\r\n"
-                  "mcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: pay_invoice\r\n"
-                  f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}").encode())
+    writer.write(mcp_request(token, body))
     await writer.drain()
     answer = await reader.read()
     assert b"input_required" in answer, answer[:200]
+    STATES[i] = json.loads(answer.split(b"\r\n\r\n", 1)[1])["result"]["requestState"]
     writer.close()
+
+
+async def approve_and_retry(op, port, token, i):
+    """Seconds from the user's approval at the OP to the retry's forwarded answer."""
+    _, listed = http("GET", f"{op}/pending")
+    mine = [p for p in json.loads(listed) if p["binding_message"] == f"Pay INV-{i} 5000 EUR"]
+    http("POST", f"{op}/approve/{mine[0]['auth_req_id']}")
+    approved = time.perf_counter()
+    call = json.loads(mcp_call(i))
+    call["params"]["requestState"] = STATES[i]
+    body = json.dumps(call)
+    while True:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(mcp_request(token, body))
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        if b"input_required" not in answer:
+            return time.perf_counter() - approved
 
 
 async def hold(port, token, body, opened):
@@ -110,7 +137,8 @@ def main():
     try:
         op_port, up_port, gw_port, admin_port = (free_port() for _ in range(4))
         op = f"http://127.0.0.1:{op_port}"
-        env = dict(os.environ, CIBA_INTERVAL="30", OP_STORE_SIZE=str(N * 4 + 1000), PARENT_PID=str(os.getpid()))
+        interval = os.environ.get("LOAD_CIBA_INTERVAL", "30")
+        env = dict(os.environ, CIBA_INTERVAL=interval, OP_STORE_SIZE=str(N * 4 + 1000), PARENT_PID=str(os.getpid()))
         procs.append(subprocess.Popen(["node", "op.mjs", str(op_port)], cwd=os.path.join(ROOT, "tests/peers"),
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         procs.append(subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts/demo_upstream.py"), str(up_port)],
@@ -175,6 +203,12 @@ routes:
         pending = metric(admin, "portcullis_approvals_pending")
         during = {"pending": int(pending), "rss_kib": rss_kib(gw.pid), **latencies(base, token),
                   "seconds_to_open": round(time.time() - started, 1)}
+        if MODE == "mcp":
+            waits = sorted(loop.run_until_complete(approve_and_retry(op, gw_port, mcp_token, i))
+                           for i in range(min(N, 20)))
+            during["approval_to_result_ms"] = {
+                "p50": round(waits[len(waits) // 2] * 1000), "max": round(waits[-1] * 1000),
+                "ciba_interval_s": int(interval), "n": len(waits)}
         for w in opened:
             w.close()
         loop.run_until_complete(asyncio.sleep(1))

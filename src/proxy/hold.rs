@@ -136,11 +136,7 @@ pub async fn approve(
     call: Call<'_>,
 ) -> Result<Approved, Refusal> {
     let who = &verified.identity;
-    let iss = who
-        .claims
-        .get("iss")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
+    let iss = who.iss();
     if let Some(rpc) = &call.rpc {
         let mode = match spec.mcp {
             McpApprovalMode::Auto if rpc.revision_mrtr => McpApprovalMode::InputRequired,

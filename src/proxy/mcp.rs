@@ -193,11 +193,7 @@ pub fn caller<'a>(
     let who = &verified.identity;
     cancel::Caller {
         route: &route.name,
-        iss: who
-            .claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .unwrap_or_default(),
+        iss: who.iss(),
         sub: &who.sub,
         agent: who.agent.as_deref(),
         session: req

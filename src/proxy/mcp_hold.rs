@@ -36,11 +36,7 @@ pub async fn approve(
     mode: McpApprovalMode,
 ) -> Result<Approved, Refusal> {
     let who = &verified.identity;
-    let iss = who
-        .claims
-        .get("iss")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let iss = who.iss();
     let binding = join::mcp_binding(who, call.path, &rpc.method, &rpc.name, &rpc.arguments);
     let ask = Ask {
         spec,

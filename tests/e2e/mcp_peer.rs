@@ -95,8 +95,13 @@ fn json_lines(path: &PathBuf) -> Vec<Value> {
 /// Run `tests/peers/mcp_client_ts1.mjs` (TypeScript SDK 1.x, protocol 2025-11-25):
 /// (exit code, stdout JSON, stderr).
 pub fn ts1_client(url: &str, token: &str, args: &[&str]) -> (i32, Value, String) {
+    node_client("mcp_client_ts1.mjs", url, token, args)
+}
+
+/// Run a Node.js client peer of `tests/peers` that prints one JSON object.
+pub fn node_client(script: &str, url: &str, token: &str, args: &[&str]) -> (i32, Value, String) {
     let out = Command::new("node")
-        .arg("mcp_client_ts1.mjs")
+        .arg(script)
         .args(["--url", url, "--token", token])
         .args(args)
         .current_dir(repo().join("tests/peers"))
@@ -105,7 +110,7 @@ pub fn ts1_client(url: &str, token: &str, args: &[&str]) -> (i32, Value, String)
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let v = serde_json::from_str(&stdout)
-        .unwrap_or_else(|_| panic!("ts1 client output: {stdout}{stderr}"));
+        .unwrap_or_else(|_| panic!("{script} output: {stdout}{stderr}"));
     (out.status.code().unwrap_or(-1), v, stderr)
 }
 

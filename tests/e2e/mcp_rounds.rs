@@ -11,22 +11,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::mcp_approvals::{gateway, payer};
-use crate::mcp_peer::{mcp_client, McpServer};
-use crate::support::{client, metric, repo, Gw, Op};
+use crate::mcp_peer::{mcp_client, node_client, McpServer};
+use crate::support::{client, metric, Gw, Op};
 
 fn ts2_client(url: &str, token: &str, args: &[&str]) -> (i32, Value, String) {
-    let out = std::process::Command::new("node")
-        .arg("mcp_client_ts2.mjs")
-        .args(["--url", url, "--token", token])
-        .args(args)
-        .current_dir(repo().join("tests/peers"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let v = serde_json::from_str(&stdout)
-        .unwrap_or_else(|_| panic!("ts2 client output: {stdout}{stderr}"));
-    (out.status.code().unwrap_or(-1), v, stderr)
+    node_client("mcp_client_ts2.mjs", url, token, args)
 }
 
 const PAY: &str = r#"{"invoice_id":"INV-42","amount":5000}"#;
@@ -173,6 +162,18 @@ fn raw_call(gw: &Gw, token: &str, id: u64, args: Value, state: Option<&str>) -> 
     serde_json::from_str(data).unwrap_or_else(|_| panic!("{text}"))
 }
 
+/// Retry (`call`) until the answer is no longer `input_required` (at most 15 s).
+fn until_settled(mut call: impl FnMut() -> Value) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = call();
+        if v["result"]["resultType"] != "input_required" {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+    }
+}
+
 #[test]
 fn hostile_request_states_are_refused_and_nothing_runs() {
     let op = Op::start_env(&[("CIBA_INTERVAL", "1")]);
@@ -236,14 +237,7 @@ fn hostile_request_states_are_refused_and_nothing_runs() {
         "approve",
         op.wait_pending()["auth_req_id"].as_str().unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let done = loop {
-        let v = raw_call(&gw, &alice, 7, args.clone(), Some(&state));
-        if v["result"]["resultType"] != "input_required" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "{v}");
-    };
+    let done = until_settled(|| raw_call(&gw, &alice, 7, args.clone(), Some(&state)));
     assert!(done["result"].to_string().contains("paid"), "{done}");
     assert_eq!(server.runs_of("pay_invoice"), 1);
     // Replayed after use: refused, nothing runs again.
@@ -310,14 +304,7 @@ fn a_round_started_on_one_replica_is_finished_on_another() {
         "approve",
         op.wait_pending()["auth_req_id"].as_str().unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let done = loop {
-        let v = raw_call(&b, &alice, 2, args.clone(), Some(&state));
-        if v["result"]["resultType"] != "input_required" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "{v}");
-    };
+    let done = until_settled(|| raw_call(&b, &alice, 2, args.clone(), Some(&state)));
     assert!(done["result"].to_string().contains("paid"), "{done}");
     assert_eq!(server.runs_of("pay_invoice"), 1);
     // Replayed on the first replica: used, refused.
