@@ -330,10 +330,20 @@ impl Approvals {
             .await
             .map_err(|e| {
                 self.metrics.finished("start", "failed");
-                tracing::warn!(error = %e, "CIBA backchannel request failed; denying");
+                let endpoint = spec.backchannel_endpoint.as_str();
                 match e {
-                    OAuthError::Unreachable(_) => Refusal::ApprovalFailed,
-                    _ => Refusal::ApprovalRejected,
+                    OAuthError::Unreachable(why) => {
+                        tracing::warn!(endpoint, error = %why, "CIBA backchannel endpoint unreachable; denying");
+                        Refusal::ApprovalFailed
+                    }
+                    OAuthError::Rejected { error, .. } if error == "unknown_user_id" => {
+                        tracing::warn!(endpoint, "the CIBA backchannel endpoint does not know the user (unknown_user_id); denying");
+                        Refusal::ApprovalUnknownUser
+                    }
+                    e => {
+                        tracing::warn!(endpoint, error = %e, "CIBA backchannel request refused; denying");
+                        Refusal::ApprovalRejected
+                    }
                 }
             })
     }

@@ -90,6 +90,8 @@ pub enum Refusal {
     ApprovalFailed,
     /// The approval service refused to ask the user.
     ApprovalRejected,
+    /// The approval service does not know the user (CIBA `unknown_user_id`).
+    ApprovalUnknownUser,
     /// The `Portcullis-Approval` id is unknown, used, or was granted for another request.
     ApprovalInvalid,
     TooManyApprovals {
@@ -139,7 +141,7 @@ impl Refusal {
             Refusal::ApprovalDenied | Refusal::ApprovalExpired | Refusal::ApprovalInvalid => 403,
             Refusal::ApprovalTimeout => 408,
             Refusal::ApprovalFailed => 503,
-            Refusal::ApprovalRejected => 502,
+            Refusal::ApprovalRejected | Refusal::ApprovalUnknownUser => 502,
             Refusal::TooManyApprovals { .. } => 429,
             Refusal::ClientClosed => 499,
             Refusal::ApprovalCancelled => 409,
@@ -177,6 +179,7 @@ impl Refusal {
             Refusal::ApprovalTimeout => "approval_timeout",
             Refusal::ApprovalFailed => "temporarily_unavailable",
             Refusal::ApprovalRejected => "bad_gateway",
+            Refusal::ApprovalUnknownUser => "unknown_user",
             Refusal::ApprovalInvalid => "approval_invalid",
             Refusal::TooManyApprovals { .. } => "too_many_approvals",
             Refusal::ClientClosed => "client_closed",
@@ -201,6 +204,7 @@ impl Refusal {
                 | Refusal::ApprovalTimeout
                 | Refusal::ApprovalFailed
                 | Refusal::ApprovalRejected
+                | Refusal::ApprovalUnknownUser
                 | Refusal::ApprovalInvalid
                 | Refusal::ApprovalCancelled
                 | Refusal::TooManyApprovals { .. }
@@ -237,6 +241,7 @@ impl Refusal {
             Refusal::ApprovalTimeout => "approval_timeout",
             Refusal::ApprovalFailed => "approval_failed",
             Refusal::ApprovalRejected => "approval_rejected",
+            Refusal::ApprovalUnknownUser => "approval_unknown_user",
             Refusal::ApprovalInvalid => "approval_invalid",
             Refusal::TooManyApprovals { .. } => "too_many_approvals",
             Refusal::ClientClosed => "client_closed",
@@ -275,6 +280,7 @@ impl Refusal {
         "approval_timeout",
         "approval_failed",
         "approval_rejected",
+        "approval_unknown_user",
         "approval_invalid",
         "too_many_approvals",
         "client_closed",
@@ -352,6 +358,10 @@ impl fmt::Display for Refusal {
             Refusal::ApprovalRejected => {
                 f.write_str("the authorization server refused to ask the user for approval")
             }
+            Refusal::ApprovalUnknownUser => f.write_str(
+                "the authorization server does not know this user (unknown_user_id), so it \
+                 cannot ask them to approve",
+            ),
             Refusal::ApprovalInvalid => f.write_str(
                 "the approval id is unknown, already used, or was granted for another request",
             ),

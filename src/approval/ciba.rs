@@ -56,10 +56,13 @@ pub fn params(
             scope.push(s);
         }
     }
+    // One second more than the hold: the server's request outlives our wait, so a sync hold
+    // lasts its full `max_wait_seconds` (see `poll::lifetime`).
     let expiry = req
         .expiry
         .unwrap_or(spec.max_wait.as_secs())
-        .min(spec.max_wait.as_secs());
+        .min(spec.max_wait.as_secs())
+        + 1;
     let mut p = vec![
         ("scope", scope.join(" ")),
         ("login_hint", hint),
@@ -151,7 +154,7 @@ mod tests {
         let p = params(&spec, &req, "alice".into());
         let get = |k: &str| p.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("scope"), Some("openid invoices:pay extra"));
-        assert_eq!(get("requested_expiry"), Some("60"));
+        assert_eq!(get("requested_expiry"), Some("61"));
         assert_eq!(get("binding_message"), Some("Pay INV-1 5000 EUR"));
         assert!(get("authorization_details")
             .unwrap()

@@ -173,6 +173,8 @@ fn sync_deny_timeout_and_unreachable_service_refuse() {
     let started = Instant::now();
     let (status, _, body) = parts(pay(&gw, &token, 3000, None));
     assert_eq!(status, 408, "{body}");
+    // The hold lasts its full max_wait_seconds (the OP is asked to keep the request 1 s more).
+    assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(8));
     assert!(up.requests().is_empty());
     // The backchannel endpoint is down: not forwarded.
@@ -192,6 +194,42 @@ fn sync_deny_timeout_and_unreachable_service_refuse() {
         ),
         "{metrics}"
     );
+    // The log names the endpoint that failed: the backchannel one, not the token endpoint.
+    let log = gw.log();
+    assert!(
+        log.contains("CIBA backchannel endpoint unreachable") && log.contains(&dead),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_user_the_authorization_server_does_not_know_is_a_clear_502() {
+    let op = Op::start_env(&[("CIBA_INTERVAL", "1")]);
+    let up = Upstream::start();
+    let gw = Gw::start_env(
+        &yaml(&op, &up, &format!("{}/backchannel", op.url()), "", None),
+        true,
+        &[SECRET],
+    );
+    // A valid token for a user the OP has no account for: CIBA answers unknown_user_id.
+    let stranger = op.mint(
+        json!({"sub": "mallory", "scope": "invoices:read invoices:pay",
+                                  "set": {"dept": "finance", "roles": ["finance"]}}),
+    );
+    let (status, _, body) = parts(pay(&gw, &stranger, 3000, None));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (502, Some("unknown_user")),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("does not know this user"),
+        "{body}"
+    );
+    assert!(up.requests().is_empty());
 }
 
 #[test]
