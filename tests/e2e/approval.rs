@@ -174,7 +174,11 @@ fn sync_deny_timeout_and_unreachable_service_refuse() {
     let (status, _, body) = parts(pay(&gw, &token, 3000, None));
     assert_eq!(status, 408, "{body}");
     // The hold lasts its full max_wait_seconds (the OP is asked to keep the request 1 s more).
-    assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(started.elapsed() < Duration::from_secs(8));
     assert!(up.requests().is_empty());
     // The backchannel endpoint is down: not forwarded.
