@@ -2,6 +2,7 @@
 
 mod approval;
 mod credentials;
+mod jwks;
 mod mcp;
 mod server;
 mod state;
@@ -18,8 +19,8 @@ use jsonwebtoken::Algorithm;
 
 use super::file;
 use super::model::{
-    AuthSpec, ClientSpec, Config, IssuerSpec, JwksTiming, KeySource, ListenSpec, RouteSpec,
-    TlsFiles, UpstreamTimeouts, VaultSpec,
+    AuthSpec, ClientSpec, Config, IssuerSpec, KeySource, ListenSpec, RouteSpec, TlsFiles,
+    UpstreamTimeouts, VaultSpec,
 };
 use super::{ConfigError, Source};
 use crate::ratelimit::Rate;
@@ -320,21 +321,7 @@ fn issuer(
         }
         None => None,
     };
-    let j = iss.jwks;
-    let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
-    let jwks = JwksTiming {
-        default_refresh: secs(j.refresh_seconds, 300),
-        min_refresh: secs(j.min_refresh_seconds, 60),
-        max_refresh: secs(j.max_refresh_seconds, 86_400),
-        unknown_kid_cooldown: secs(j.unknown_kid_cooldown_seconds, 30),
-        fetch_timeout: Duration::from_millis(j.timeout_ms.unwrap_or(5_000)),
-    };
-    if jwks.min_refresh > jwks.max_refresh || jwks.default_refresh.is_zero() {
-        return Err(src.error(
-            &format!("{at}.jwks"),
-            "need 0 < refresh_seconds and min_refresh_seconds <= max_refresh_seconds",
-        ));
-    }
+    let jwks = jwks::timing(src, at, iss.jwks)?;
     Ok(IssuerSpec {
         name: Arc::from(iss.name.as_str()),
         issuer: iss.issuer,

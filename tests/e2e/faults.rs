@@ -6,6 +6,7 @@
 //! down with cached keys and unknown kids (`jwks.rs`), a CIBA endpoint down
 //! (`approval.rs`), a dead upstream port (`proxy.rs`).
 
+use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -16,7 +17,8 @@ use crate::support::{client, config, free_port, metric, parts, shared_op, Gw, Up
 const ISS: &str = "https://faults.idp.test/";
 
 /// One route without policy, issuer `corp` whose JWKS is `fake`, fetch time-out 1 s, and
-/// an unknown kid refetched every time (cooldown 0) so each request meets the fault.
+/// an unknown kid refetched at most once a second (the shortest cooldown `check` accepts),
+/// so each request a second apart meets the fault.
 fn jwks_yaml(fake: &Fake, up: &Upstream) -> String {
     let routes = r#"  - name: plain
     match: { path_prefix: /plain }
@@ -25,7 +27,7 @@ fn jwks_yaml(fake: &Fake, up: &Upstream) -> String {
 "#;
     config(&fake.url(), ISS, &up.url(), routes).replace(
         "    algorithms: [RS256, ES256]\n",
-        "    algorithms: [RS256, ES256]\n    jwks: { timeout_ms: 1000, unknown_kid_cooldown_seconds: 0 }\n",
+        "    algorithms: [RS256, ES256]\n    jwks: { timeout_ms: 1000, unknown_kid_cooldown_seconds: 1 }\n",
     )
 }
 
@@ -100,7 +102,8 @@ fn a_misbehaving_jwks_endpoint_fails_closed_cached_keys_keep_working_and_is_coun
     for (i, (what, answer, kind)) in cases.iter().enumerate() {
         fake.set(answer.clone());
         let before = fake.accepted();
-        // k2 is unknown: the gateway refetches, meets the fault, refuses.
+        thread::sleep(Duration::from_millis(1100)); // past the unknown-kid cooldown
+                                                    // k2 is unknown: the gateway refetches, meets the fault, refuses.
         let started = Instant::now();
         let (status, challenge, body) = parts(gw.get("/plain", Some(&token("k2", ISS, "u1"))));
         let took = started.elapsed();
@@ -144,8 +147,9 @@ fn a_misbehaving_jwks_endpoint_fails_closed_cached_keys_keep_working_and_is_coun
         cases.len() as u64,
         "{metrics}"
     );
-    // The endpoint recovers with the new key: k2 is accepted.
+    // The endpoint recovers with the new key: k2 is accepted (after the cooldown).
     fake.set(Answer::json(&jwks(&["k1", "k2"])));
+    thread::sleep(Duration::from_millis(1100));
     assert_eq!(
         gw.get("/plain", Some(&token("k2", ISS, "u1"))).status(),
         200
@@ -170,6 +174,7 @@ fn garbage_keys_at_start_mean_not_ready_and_503_until_the_endpoint_recovers() {
             .as_u16()
     };
     assert_eq!(ready(), 503);
+    thread::sleep(Duration::from_millis(1100)); // past the unknown-kid cooldown
     let (status, _, body) = parts(gw.get("/plain", Some(&token("k1", ISS, "u0"))));
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "temporarily_unavailable");
@@ -192,6 +197,7 @@ fn garbage_keys_at_start_mean_not_ready_and_503_until_the_endpoint_recovers() {
     );
     // Good keys again: the next request's refetch loads them.
     fake.set(Answer::json(&jwks(&["k1"])));
+    thread::sleep(Duration::from_millis(1100));
     assert_eq!(
         gw.get("/plain", Some(&token("k1", ISS, "u0"))).status(),
         200
