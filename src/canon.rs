@@ -66,15 +66,18 @@ impl fmt::Display for CanonError {
 pub struct Target<'a> {
     /// The canonical path, as forwarded (keeps `;` parameters and the client's case).
     pub path: Cow<'a, str>,
-    /// The path routes match against: `path` without `;` parameters (and the empty segments
-    /// they leave merged when the listener merges slashes). Equal to `path` when it has none.
-    pub match_path: Cow<'a, str>,
-    /// Whether the path holds `;` (path parameters).
-    pub has_params: bool,
+    /// When the path holds `;` parameters: the path routes match against, without them (and
+    /// the empty segments they leave merged when the listener merges slashes).
+    pub without_params: Option<String>,
     pub query: Option<&'a str>,
 }
 
 impl Target<'_> {
+    /// The path routes match against.
+    pub fn match_path(&self) -> &str {
+        self.without_params.as_deref().unwrap_or(&self.path)
+    }
+
     /// `path[?query]` as it goes on the request line.
     pub fn request_target(&self) -> String {
         match self.query {
@@ -179,15 +182,15 @@ fn normalise_bytes(raw: &[u8]) -> Result<String, CanonError> {
 /// Check the segments of a normalised path; merge empty ones when `merge_slashes`.
 /// Returns the path with empty segments merged (borrowed when nothing was merged).
 fn check_segments(path: &str, merge_slashes: bool) -> Result<Cow<'_, str>, CanonError> {
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let last = segments.len() - 1;
     let mut merged = false;
-    for (i, seg) in segments.iter().enumerate() {
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(seg) = segments.next() {
         let name = seg.split(';').next().unwrap_or("");
         if name == "." || name == ".." {
             return Err(CanonError::DotSegment);
         }
-        if seg.is_empty() && i != last {
+        // An empty last segment is a trailing slash, not an empty segment.
+        if seg.is_empty() && segments.peek().is_some() {
             if !merge_slashes {
                 return Err(CanonError::EmptySegment);
             }
@@ -198,8 +201,9 @@ fn check_segments(path: &str, merge_slashes: bool) -> Result<Cow<'_, str>, Canon
         return Ok(Cow::Borrowed(path));
     }
     let mut out = String::with_capacity(path.len());
-    for (i, seg) in segments.iter().enumerate() {
-        if !seg.is_empty() || i == last {
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(seg) = segments.next() {
+        if !seg.is_empty() || segments.peek().is_none() {
             out.push('/');
             out.push_str(seg);
         }
@@ -247,16 +251,13 @@ pub fn canonicalize(raw: &[u8], merge_slashes: bool) -> Result<Target<'_>, Canon
         Cow::Borrowed(p) => check_segments(p, merge_slashes)?,
         Cow::Owned(p) => Cow::Owned(check_segments(&p, merge_slashes)?.into_owned()),
     };
-    let has_params = path.contains(';');
-    let match_path = if has_params {
-        Cow::Owned(without_params(&path, merge_slashes)?)
-    } else {
-        path.clone()
+    let without_params = match path.contains(';') {
+        true => Some(without_params(&path, merge_slashes)?),
+        false => None,
     };
     Ok(Target {
         path,
-        match_path,
-        has_params,
+        without_params,
         query,
     })
 }

@@ -21,7 +21,6 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::approval::{cancel, STATUS_PREFIX};
 use crate::auth::{Source as TokenSource, Verified};
-use crate::canon::REROUTING_HEADERS;
 use crate::claims::TokenError;
 use crate::config::model::{RouteLookup, RouteSpec};
 use crate::credentials::cache::UpstreamToken;
@@ -156,7 +155,7 @@ impl Proxy {
             RouteLookup::NotFound => return Err(Refusal::NoRoute),
         };
         ctx.route = Some(route.clone());
-        if ctx.target.has_params && !route.matcher.allow_path_params {
+        if ctx.target.has_params() && !route.matcher.allow_path_params {
             return Err(Refusal::BadRequest(
                 "the request path has ';' parameters, which this route does not allow",
             ));
@@ -359,18 +358,13 @@ impl ProxyHttp for Proxy {
         let metrics = g.metrics.route(route_name(ctx));
         metrics.authz_seconds.observe(start.elapsed().as_secs_f64());
         match result {
-            Ok(()) if ctx.answered.is_some() => {
-                let outcome = ctx.answered.unwrap_or("allowed");
-                ctx.outcome = outcome;
-                if outcome == "allowed" {
+            Ok(()) => {
+                // The gateway may have answered itself (an MCP progress stream).
+                ctx.outcome = ctx.answered.unwrap_or("allowed");
+                if ctx.outcome == "allowed" {
                     metrics.allowed.inc();
                 }
-                Ok(true)
-            }
-            Ok(()) => {
-                ctx.outcome = "allowed";
-                metrics.allowed.inc();
-                Ok(false)
+                Ok(ctx.answered.is_some())
             }
             Err(refusal) => self.refuse(session, ctx, refusal).await,
         }
@@ -405,17 +399,17 @@ impl ProxyHttp for Proxy {
                 "no route in context",
             ));
         };
-        for name in headers::hop_by_hop(&upstream.headers) {
+        let withheld: Vec<String> = upstream
+            .headers
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|n| headers::withheld(route, n))
+            .map(str::to_string)
+            .chain(headers::hop_by_hop(&upstream.headers))
+            .collect();
+        for name in withheld {
             upstream.remove_header(&name);
         }
-        // Headers that could make the upstream act on another path or method than the one
-        // authorized, and the approval id (a gateway-only header).
-        for name in REROUTING_HEADERS {
-            if !route.pass_headers.iter().any(|p| p == name) {
-                upstream.remove_header(*name);
-            }
-        }
-        upstream.remove_header(crate::approval::APPROVAL_HEADER);
         if let Some(body) = &ctx.body_rewrite {
             upstream.remove_header("transfer-encoding");
             upstream.insert_header("content-length", body.len().to_string())?;
@@ -423,50 +417,20 @@ impl ProxyHttp for Proxy {
         if let Some(target) = &ctx.target.rewrite {
             upstream.set_raw_path(target.as_bytes())?;
         }
-        let client_host = headers::host(session.req_header()).to_string();
-        if !route.forward_token || route.credentials.is_some() {
-            upstream.remove_header("authorization");
-        }
         if let (Some(spec), Some(token)) = (&route.credentials, &ctx.upstream_token) {
             upstream.insert_header(spec.header.clone(), header_value(spec, &token.value))?;
         }
-        upstream.remove_header("proxy-authorization");
         if !route.preserve_host {
             upstream.insert_header("host", route.upstream.authority.as_str())?;
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        if let Some(ip) = client_ip {
-            let ip = ip.to_string();
-            let xff = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
-            };
-            upstream.insert_header("x-forwarded-for", xff)?;
-        }
-        let proto = if session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .is_some()
-        {
-            "https"
-        } else {
-            "http"
-        };
-        upstream.insert_header("x-forwarded-proto", proto)?;
-        if !route.pass_headers.iter().any(|p| p == "x-forwarded-host") {
-            upstream.insert_header("x-forwarded-host", client_host.as_str())?;
-        }
-        if !route.pass_headers.iter().any(|p| p == "forwarded") {
-            let fwd = headers::forwarded(client_ip, &client_host, proto);
-            upstream.insert_header("forwarded", fwd)?;
+        let previous_xff = upstream
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        for (name, value) in headers::forwarding(route, session, previous_xff.as_deref()) {
+            upstream.insert_header(name, value)?;
         }
         Ok(())
     }

@@ -52,30 +52,17 @@ pub struct Ask<'a> {
 pub enum Round {
     /// Approved: this call consumed the approval; forward it.
     Forward,
-    /// Still pending after the round; the id of the approval the call joined.
-    Pending { id: String, retry_after: u64 },
+    /// Still pending after the round: the polling interval, and when the approval expires
+    /// (unix seconds), as last read from the store.
+    Pending { retry_after: u64, expires_at: u64 },
 }
 
 impl Approvals {
-    /// Join the open approval bound to `binding` (or ask the user), then wait up to
-    /// `spec.round` for the outcome. `cancelled` resolving ends the wait at once.
-    pub async fn join_round(
-        &self,
-        ask: Ask<'_>,
-        binding: Binding,
-        cancelled: impl Future<Output = ()>,
-    ) -> Result<Round, Refusal> {
-        let deadline = Instant::now() + ask.spec.round;
-        let id = self.join_or_ask(&ask, &binding).await?;
-        self.count_round(&id);
-        self.wait_round(id, &binding, deadline, cancelled).await
-    }
-
     /// Wait until `deadline` for approval `id` (bound to `binding`) to settle; approved: this
-    /// call consumes it.
+    /// call consumes it. `cancelled` resolving ends the wait at once.
     pub async fn wait_round(
         &self,
-        id: String,
+        id: &str,
         binding: &Binding,
         deadline: Instant,
         cancelled: impl Future<Output = ()>,
@@ -84,7 +71,7 @@ impl Approvals {
         tokio::pin!(cancelled);
         loop {
             let record = store
-                .get(&id)
+                .get(id)
                 .await
                 .map_err(|e| self.store_error(e))?
                 .ok_or(Refusal::ApprovalInvalid)?;
@@ -92,7 +79,7 @@ impl Approvals {
                 ApprovalStatus::Pending => None,
                 ApprovalStatus::Approved => {
                     match store
-                        .consume(&id, binding, now())
+                        .consume(id, binding, now())
                         .await
                         .map_err(|e| self.store_error(e))?
                     {
@@ -109,14 +96,14 @@ impl Approvals {
                 ApprovalStatus::Used => Some(Err(Refusal::ApprovalInvalid)),
             };
             if let Some(outcome) = settled {
-                self.settled(&id);
+                self.settled(id);
                 return outcome;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(Round::Pending {
-                    id,
                     retry_after: record.interval_secs.max(1),
+                    expires_at: record.expires_at,
                 });
             }
             tokio::select! {
@@ -180,25 +167,17 @@ impl Approvals {
         Ok(())
     }
 
-    /// When approval `id` expires (unix seconds), if it is known.
-    pub async fn expires_at(&self, id: &str) -> Result<Option<u64>, Refusal> {
-        let store = self.store.clone().ok_or(Refusal::ApprovalFailed)?;
-        let record = store.get(id).await.map_err(|e| self.store_error(e))?;
-        Ok(record.map(|r| r.expires_at))
-    }
-
-    /// One more call (or round) for approval `id`; returns the count so far.
-    pub fn count_round(&self, id: &str) -> u32 {
-        let mut n = self.rounds.entry(id.to_string()).or_insert((0, now()));
-        n.0 += 1;
-        let count = n.0;
-        drop(n);
-        // Approvals abandoned by their agent are forgotten after an hour.
-        if self.rounds.len() > 1024 {
+    /// One more call (or round) for approval `id`.
+    pub fn count_round(&self, id: &str) {
+        self.rounds.entry(id.to_string()).or_insert((0, now())).0 += 1;
+        // Approvals abandoned by their agent are forgotten after an hour. The scan runs when
+        // the map reaches a new power of two (amortised O(1) per call, not O(n) per call with
+        // thousands pending).
+        let len = self.rounds.len();
+        if len > 1024 && len.is_power_of_two() {
             let cutoff = now().saturating_sub(3600);
             self.rounds.retain(|_, (_, first)| *first > cutoff);
         }
-        count
     }
 
     fn settled(&self, id: &str) {

@@ -343,6 +343,13 @@ pub struct RouteSpec {
     pub tool_rate: Option<crate::ratelimit::Rate>,
 }
 
+impl RouteSpec {
+    /// Whether the route forwards the client's value of re-routing header `name`.
+    pub fn passes(&self, name: &str) -> bool {
+        self.pass_headers.iter().any(|p| p == name)
+    }
+}
+
 /// An MCP route: its RFC 9728 protected-resource metadata.
 #[derive(Debug, Clone)]
 pub struct McpSpec {

@@ -3,8 +3,11 @@
 
 use http::HeaderMap;
 use pingora::http::RequestHeader;
+use pingora::prelude::Session;
 
+use crate::approval::APPROVAL_HEADER;
 use crate::canon::{self, CanonError};
+use crate::config::model::RouteSpec;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded in either direction.
 const HOP_BY_HOP: &[&str] = &[
@@ -110,16 +113,20 @@ pub fn for_policy<'a>(
 pub struct CanonicalTarget {
     /// The canonical path: policy input, approval binding, decision log, forwarded.
     pub path: String,
-    /// The path routes match (without `;` parameters), when it differs from `path`.
-    pub match_path: Option<String>,
-    pub has_params: bool,
+    /// When the path holds `;` parameters: the path routes match, without them.
+    pub without_params: Option<String>,
     /// The request target to send upstream when it differs from the one received.
     pub rewrite: Option<String>,
 }
 
 impl CanonicalTarget {
     pub fn match_path(&self) -> &str {
-        self.match_path.as_deref().unwrap_or(&self.path)
+        self.without_params.as_deref().unwrap_or(&self.path)
+    }
+
+    /// Whether the path holds `;` parameters.
+    pub fn has_params(&self) -> bool {
+        self.without_params.is_some()
     }
 }
 
@@ -142,13 +149,61 @@ pub fn canonical_target(
     let t = canon::canonicalize(origin, merge_slashes)?;
     let host = self::host(req);
     canon::check_host((!host.is_empty()).then_some(host))?;
-    let target = t.request_target();
+    // The query is kept as sent, so the request line changes only with the path, or when an
+    // absolute-form target becomes origin-form.
+    let received_path = raw.split(|&b| b == b'?').next().unwrap_or_default();
+    let unchanged = origin == raw && t.path.as_bytes() == received_path;
     Ok(CanonicalTarget {
-        rewrite: (target.as_bytes() != raw).then_some(target),
-        match_path: (t.match_path != t.path).then(|| t.match_path.into_owned()),
-        has_params: t.has_params,
+        rewrite: (!unchanged).then(|| t.request_target()),
+        without_params: t.without_params,
         path: t.path.into_owned(),
     })
+}
+
+/// Whether the client's header `name` is kept from the upstream: re-routing headers the route
+/// does not pass on, the approval id (a gateway-only header), proxy credentials, and the
+/// user's token unless the route forwards it.
+pub fn withheld(route: &RouteSpec, name: &str) -> bool {
+    name == "proxy-authorization"
+        || name == APPROVAL_HEADER
+        || (name == "authorization" && (!route.forward_token || route.credentials.is_some()))
+        || (canon::REROUTING_HEADERS.contains(&name) && !route.passes(name))
+}
+
+/// The forwarding headers the gateway sets from its own view of the request:
+/// `X-Forwarded-For` (the client's address appended to `previous_xff`), `X-Forwarded-Proto`,
+/// and `X-Forwarded-Host` and `Forwarded` unless the route passes the client's on.
+pub fn forwarding(
+    route: &RouteSpec,
+    session: &Session,
+    previous_xff: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let host = self::host(session.req_header());
+    let ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let tls = session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .is_some();
+    let proto = if tls { "https" } else { "http" };
+    let mut out = Vec::with_capacity(4);
+    if let Some(ip) = ip {
+        let xff = match previous_xff {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        out.push(("x-forwarded-for", xff));
+    }
+    out.push(("x-forwarded-proto", proto.to_string()));
+    if !route.passes("x-forwarded-host") {
+        out.push(("x-forwarded-host", host.to_string()));
+    }
+    if !route.passes("forwarded") {
+        out.push(("forwarded", forwarded(ip, host, proto)));
+    }
+    out
 }
 
 /// `Forwarded` (RFC 7239) from the gateway's own view of the request.

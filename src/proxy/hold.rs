@@ -138,38 +138,29 @@ pub async fn approve(
     let who = &verified.identity;
     let iss = who.iss();
     if let Some(rpc) = &call.rpc {
+        let progress = rpc.progress_token.is_some();
         let mode = match spec.mcp {
             McpApprovalMode::Auto if rpc.revision_mrtr => McpApprovalMode::InputRequired,
-            McpApprovalMode::Auto if rpc.progress_token.is_some() => McpApprovalMode::Progress,
-            McpApprovalMode::Auto => McpApprovalMode::RetryHint,
-            m => m,
-        };
-        match (mode, &rpc.progress_token) {
-            (McpApprovalMode::Hold, _) => {}
-            (McpApprovalMode::Progress, Some(_)) => {
-                let ask = Ask {
-                    spec,
-                    route: &route.name,
-                    who,
-                    iss,
-                    req: request,
-                };
-                return progress::approve(session, g, route, verified, ask, &call, rpc).await;
+            McpApprovalMode::Auto | McpApprovalMode::Progress if progress => {
+                McpApprovalMode::Progress
             }
             // `progress` for a call without a token: tell the agent to call again.
-            (McpApprovalMode::Progress, None) => {
-                let mode = McpApprovalMode::RetryHint;
-                return mcp_hold::approve(
-                    session, g, route, spec, verified, request, &call, rpc, mode,
-                )
-                .await;
+            McpApprovalMode::Auto | McpApprovalMode::Progress => McpApprovalMode::RetryHint,
+            m => m,
+        };
+        let ask = Ask {
+            spec,
+            route: &route.name,
+            who,
+            iss,
+            req: request,
+        };
+        match mode {
+            McpApprovalMode::Hold => {}
+            McpApprovalMode::Progress => {
+                return progress::approve(session, g, route, verified, ask, &call, rpc).await
             }
-            (mode, _) => {
-                return mcp_hold::approve(
-                    session, g, route, spec, verified, request, &call, rpc, mode,
-                )
-                .await
-            }
+            mode => return mcp_hold::approve(session, g, route, ask, &call, rpc, mode).await,
         }
     }
     match spec.mode {

@@ -11,46 +11,35 @@ use super::hold::{cancelled, Approved, Call, RpcCall};
 use crate::approval::join::{self, Ask, Round};
 use crate::approval::request_state::{self, StateClaims};
 use crate::approval::STATUS_PREFIX;
-use crate::auth::{now, Verified};
-use crate::config::model::{ApprovalSpec, McpApprovalMode, RouteSpec};
+use crate::auth::now;
+use crate::config::model::{McpApprovalMode, RouteSpec};
 use crate::gateway::Gateway;
 use crate::mcp as rpc;
-use crate::policy::{ApprovalRequest, Refusal};
+use crate::policy::Refusal;
 
 /// Key of the gateway's elicitation in `inputRequests` / `inputResponses`.
 const INPUT_KEY: &str = "portcullis_approval";
 
 /// One round of an MCP call that needs approval, in `mode` (`RetryHint` or
-/// `InputRequired`). `Ok(rewrite)`: forward, with `rewrite` as the body when the call carried
-/// the gateway's own round-trip fields.
-#[allow(clippy::too_many_arguments)]
+/// `InputRequired`). Approved: forwarded, with the body stripped of the gateway's own
+/// round-trip fields when the call carried them (`Approved::ForwardBody`).
 pub async fn approve(
     session: &mut Session,
     g: &Gateway,
     route: &RouteSpec,
-    spec: &ApprovalSpec,
-    verified: &Verified,
-    request: &ApprovalRequest,
+    ask: Ask<'_>,
     call: &Call<'_>,
     rpc: &RpcCall,
     mode: McpApprovalMode,
 ) -> Result<Approved, Refusal> {
-    let who = &verified.identity;
-    let iss = who.iss();
+    let who = ask.who;
     let binding = join::mcp_binding(who, call.path, &rpc.method, &rpc.name, &rpc.arguments);
-    let ask = Ask {
-        spec,
-        route: &route.name,
-        who,
-        iss,
-        req: request,
-    };
     let label = mode.label();
     let metrics = g.approvals.metrics();
-    let deadline = std::time::Instant::now() + spec.round;
+    let deadline = std::time::Instant::now() + ask.spec.round;
     let expected = StateClaims {
         approval: String::new(),
-        iss: iss.to_string(),
+        iss: ask.iss.to_string(),
         sub: who.sub.clone(),
         agent: who.agent.clone(),
         route: route.name.to_string(),
@@ -76,12 +65,7 @@ pub async fn approve(
         g.approvals.count_round(&id);
         let outcome = g
             .approvals
-            .wait_round(
-                id.clone(),
-                &binding,
-                deadline,
-                cancelled(call.cancel.as_ref()),
-            )
+            .wait_round(&id, &binding, deadline, cancelled(call.cancel.as_ref()))
             .await?;
         Ok((id, outcome))
     };
@@ -98,11 +82,16 @@ pub async fn approve(
                 .and_then(|_| without_round_trip(call.body));
             Ok(rewrite.map_or(Approved::Forward, Approved::ForwardBody))
         }
-        Ok((id, Round::Pending { retry_after, .. })) => {
+        Ok((
+            id,
+            Round::Pending {
+                retry_after,
+                expires_at: exp,
+            },
+        )) => {
             metrics.mcp(label, "pending");
             let body = match mode {
                 McpApprovalMode::InputRequired => {
-                    let exp = g.approvals.expires_at(&id).await?.unwrap_or(now());
                     let claims = StateClaims {
                         approval: id.clone(),
                         exp,
@@ -119,7 +108,7 @@ pub async fn approve(
                     };
                     let text = Prompt {
                         user: &who.sub,
-                        binding_message: &request.binding_message,
+                        binding_message: &ask.req.binding_message,
                         page: page.as_deref(),
                     };
                     input_required(rpc, &text, &state)
@@ -128,7 +117,7 @@ pub async fn approve(
                     rpc.id.as_ref(),
                     &rpc.name,
                     &who.sub,
-                    &request.binding_message,
+                    &ask.req.binding_message,
                     &id,
                     retry_after,
                 ),

@@ -16,7 +16,6 @@ use super::headers;
 use super::hold::{cancelled, Approved, Call, RpcCall};
 use crate::approval::join::{Ask, Round};
 use crate::auth::{now, Verified};
-use crate::canon::REROUTING_HEADERS;
 use crate::config::model::RouteSpec;
 use crate::credentials::header_value;
 use crate::gateway::Gateway;
@@ -51,7 +50,6 @@ pub async fn approve(
     );
     let id = g.approvals.join_or_ask(&ask, &binding).await?;
     g.approvals.count_round(&id);
-    let expires = g.approvals.expires_at(&id).await?.unwrap_or_else(now);
     start_stream(session)
         .await
         .map_err(|_| Refusal::ClientClosed)?;
@@ -59,16 +57,16 @@ pub async fn approve(
     let mut ticks = 0u64;
     let outcome = loop {
         let tick = std::time::Instant::now() + PROGRESS_EVERY;
-        let round =
-            g.approvals
-                .wait_round(id.clone(), &binding, tick, cancelled(call.cancel.as_ref()));
+        let round = g
+            .approvals
+            .wait_round(&id, &binding, tick, cancelled(call.cancel.as_ref()));
         let r = tokio::select! {
             r = round => r,
             _ = session.read_body_or_idle(true) => Err(Refusal::ClientClosed),
         };
         match r {
             Ok(Round::Forward) => break Ok(()),
-            Ok(Round::Pending { .. }) if now() > expires + 5 => {
+            Ok(Round::Pending { expires_at, .. }) if now() > expires_at + 5 => {
                 break Err(Refusal::ApprovalExpired)
             }
             Ok(Round::Pending { .. }) => {
@@ -218,14 +216,12 @@ async fn build(
     let hop = headers::hop_by_hop(&req.headers);
     for (name, value) in &req.headers {
         let n = name.as_str();
+        // reqwest sets its own framing, and Host (the upstream's authority) unless the
+        // route keeps the client's.
         let dropped = hop.iter().any(|h| h == n)
-            || matches!(
-                n,
-                "host" | "content-length" | "transfer-encoding" | "proxy-authorization"
-            )
-            || n == crate::approval::APPROVAL_HEADER
-            || (n == "authorization" && (!route.forward_token || route.credentials.is_some()))
-            || (REROUTING_HEADERS.contains(&n) && !route.pass_headers.iter().any(|p| p == n));
+            || matches!(n, "content-length" | "transfer-encoding")
+            || (n == "host" && !route.preserve_host)
+            || headers::withheld(route, n);
         if !dropped {
             out.append(name.clone(), value.clone());
         }
@@ -244,8 +240,14 @@ async fn build(
     if let Ok(v) = http::HeaderValue::from_str(call.request_id) {
         out.insert("x-request-id", v);
     }
-    if let Ok(v) = http::HeaderValue::from_str(headers::host(req)) {
-        out.insert("x-forwarded-host", v);
+    let previous_xff = req
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    for (name, value) in headers::forwarding(route, session, previous_xff) {
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            out.insert(name, v);
+        }
     }
     let mut builder = g
         .upstream_http

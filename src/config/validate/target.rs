@@ -15,8 +15,8 @@ pub fn route_match(src: &Source, at: &str, m: file::Match) -> Result<RouteMatch,
         }
         // The prefix is compared with canonical request paths, so it must be canonical too.
         match canon::canonicalize(p.as_bytes(), false) {
-            Ok(t) if t.query.is_none() && !t.has_params && t.path == p.as_str() => {}
-            Ok(t) if t.query.is_none() && !t.has_params => {
+            Ok(t) if t.query.is_none() && t.without_params.is_none() && t.path == p.as_str() => {}
+            Ok(t) if t.query.is_none() && t.without_params.is_none() => {
                 return Err(src.error(
                     &field,
                     format!("'{p}' is not in canonical form; write '{}'", t.path),
