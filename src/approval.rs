@@ -11,21 +11,26 @@
 pub mod backend;
 pub mod cancel;
 pub mod ciba;
+pub mod confirm;
 pub mod join;
+mod limits;
 mod poll;
+pub mod receipts;
 pub mod request_state;
 pub mod store;
+mod stored;
 #[cfg(test)]
 mod suite;
+mod sync;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use tokio::sync::watch;
 
-use crate::auth::now;
+use crate::auth::jwks::IssuerKeys;
 use crate::claims::Identity;
 use crate::config::model::{ApprovalLimits, ApprovalSpec, Config};
 use crate::credentials::oauth::{OAuthError, TokenClient};
@@ -33,8 +38,12 @@ use crate::metrics::ApprovalMetrics;
 use crate::policy::{ApprovalRequest, Refusal};
 use crate::state::StateError;
 use backend::ApprovalBackend;
-use poll::{lease_ttl, lifetime, poll_until, ADOPT_LEASE};
-use store::{ApprovalRecord, ApprovalStatus, Binding, Consume};
+use limits::Counts;
+use receipts::Draft;
+use store::ApprovalStatus;
+
+pub use stored::{PollSpec, Redeemed};
+pub use sync::Held;
 
 /// Header carrying an async approval id on the retried request.
 pub const APPROVAL_HEADER: &str = "portcullis-approval";
@@ -49,6 +58,8 @@ pub enum Outcome {
     Expired,
     TimedOut,
     Failed,
+    /// The answer did not cover what was asked (`confirm`): what differed.
+    Mismatch(&'static str),
 }
 
 impl Outcome {
@@ -59,6 +70,7 @@ impl Outcome {
             Outcome::Expired => "expired",
             Outcome::TimedOut => "timed_out",
             Outcome::Failed => "failed",
+            Outcome::Mismatch(_) => "mismatch",
         }
     }
 
@@ -70,107 +82,18 @@ impl Outcome {
             Outcome::Expired => Some(Refusal::ApprovalExpired),
             Outcome::TimedOut => Some(Refusal::ApprovalTimeout),
             Outcome::Failed => Some(Refusal::ApprovalFailed),
+            Outcome::Mismatch(code) => Some(Refusal::ApprovalMismatch { code }),
         }
     }
 
-    fn status(self) -> ApprovalStatus {
+    pub(crate) fn status(self) -> ApprovalStatus {
         match self {
             Outcome::Approved => ApprovalStatus::Approved,
             Outcome::Denied => ApprovalStatus::Denied,
             Outcome::Expired | Outcome::TimedOut => ApprovalStatus::Expired,
             Outcome::Failed => ApprovalStatus::Failed,
+            Outcome::Mismatch(_) => ApprovalStatus::Mismatch,
         }
-    }
-}
-
-/// A slot in the pending limits: counted in this process (embedded) or in the shared
-/// backend; released on drop.
-enum Slot {
-    Local { _held: Reservation },
-    Shared { _held: SharedSlot },
-}
-
-struct SharedSlot {
-    store: Arc<dyn ApprovalBackend>,
-    member: String,
-    sub: String,
-    /// Release on drop: sync holds, and async approvals not stored yet. A stored async
-    /// approval's slot is released by `finish` (or expires with it), never by a poller that
-    /// stops because another replica took over.
-    armed: bool,
-}
-
-impl Slot {
-    /// The approval is stored: its shared slot now goes with the record.
-    fn stored(&mut self) {
-        if let Slot::Shared { _held } = self {
-            _held.armed = false;
-        }
-    }
-}
-
-impl Drop for SharedSlot {
-    fn drop(&mut self) {
-        // A replica that dies leaves the slot to expire with the approval.
-        if !self.armed {
-            return;
-        }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (store, member, sub) = (
-                self.store.clone(),
-                std::mem::take(&mut self.member),
-                std::mem::take(&mut self.sub),
-            );
-            rt.spawn(async move {
-                let _ = store.release(&member, &sub).await;
-            });
-        }
-    }
-}
-
-/// A slot in the pending limits of this process, released on drop.
-struct Reservation {
-    owner: Arc<Counts>,
-    sub: String,
-}
-
-#[derive(Default)]
-struct Counts {
-    total: AtomicUsize,
-    per_user: DashMap<String, usize>,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.owner.total.fetch_sub(1, Ordering::SeqCst);
-        if let Some(mut n) = self.owner.per_user.get_mut(&self.sub) {
-            *n = n.saturating_sub(1);
-        }
-        self.owner.per_user.remove_if(&self.sub, |_, n| *n == 0);
-    }
-}
-
-/// A sync hold in progress. Dropping it (client gone, time-out) stops the polling.
-pub struct Held {
-    outcome: watch::Receiver<Option<Outcome>>,
-    task: tokio::task::AbortHandle,
-}
-
-impl Held {
-    /// Wait for the user's answer, at most `limit`.
-    pub async fn wait(&mut self, limit: Duration) -> Outcome {
-        let answer = self.outcome.wait_for(Option::is_some);
-        match tokio::time::timeout(limit, answer).await {
-            Ok(Ok(v)) => v.unwrap_or(Outcome::Failed),
-            Ok(Err(_)) => Outcome::Failed,
-            Err(_) => Outcome::TimedOut,
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -197,6 +120,20 @@ pub struct Approvals {
     /// Keys sealing MCP `requestState`: `approvals.state_key_*`, else random per process.
     state_keys: Arc<crate::vault::VaultKeys>,
     state_keys_configured: bool,
+    /// The configured issuers: the CIBA answer's access token is verified with their keys.
+    issuers: Arc<[Arc<IssuerKeys>]>,
+    /// Each route's revision in the configuration serving now (shared across reloads).
+    live: Arc<ArcSwap<HashMap<String, RouteRevision>>>,
+    /// Sync holds waiting for the user, by binding: identical calls join them.
+    syncs: Arc<DashMap<String, Weak<sync::Shared>>>,
+}
+
+/// A route's revision (its policies and configuration) and whether its approvals outlive a
+/// change of it (`keep_on_policy_change`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRevision {
+    pub rev: String,
+    pub keep: bool,
 }
 
 /// The `requestState` keys of `config`: checked at load; else a random key for this process.
@@ -222,6 +159,7 @@ impl Approvals {
         http: reqwest::Client,
         store: Option<Arc<dyn ApprovalBackend>>,
         metrics: ApprovalMetrics,
+        issuers: Vec<Arc<IssuerKeys>>,
     ) -> Approvals {
         Approvals {
             clients: config
@@ -238,6 +176,27 @@ impl Approvals {
             rounds: Arc::default(),
             state_keys: Arc::new(state_keys(config)),
             state_keys_configured: config.approvals.state_key.is_some(),
+            issuers: Arc::from(issuers),
+            live: Arc::default(),
+            syncs: Arc::default(),
+        }
+    }
+
+    /// The configuration serving now has these route revisions (called when it is installed).
+    pub fn publish_revisions(&self, revisions: HashMap<String, RouteRevision>) {
+        self.live.store(Arc::new(revisions));
+    }
+
+    /// Whether an approval asked for under `asked` on `route` still counts in the
+    /// configuration serving now.
+    pub fn check_revision(&self, route: &str, asked: &str) -> Result<(), Refusal> {
+        let live = self.live.load();
+        match live.get(route) {
+            Some(r) if r.keep || r.rev == asked => Ok(()),
+            now => Err(Refusal::ApprovalRevised {
+                asked: asked.to_string(),
+                now: now.map(|r| r.rev.clone()).unwrap_or_default(),
+            }),
         }
     }
 
@@ -248,6 +207,8 @@ impl Approvals {
         self.cancels = old.cancels.clone();
         self.joining = old.joining.clone();
         self.rounds = old.rounds.clone();
+        self.live = old.live.clone();
+        self.syncs = old.syncs.clone();
         if !self.state_keys_configured && !old.state_keys_configured {
             // Still the random key: states issued before the reload stay valid.
             self.state_keys = old.state_keys.clone();
@@ -259,7 +220,6 @@ impl Approvals {
         self.store.as_ref()
     }
 
-    /// Pending approvals held by this process.
     /// Keys sealing MCP `requestState`.
     pub fn state_keys(&self) -> &crate::vault::VaultKeys {
         &self.state_keys
@@ -269,52 +229,37 @@ impl Approvals {
         &self.metrics
     }
 
+    /// Pending approvals held by this process.
     pub fn pending(&self) -> usize {
         self.counts.total.load(Ordering::SeqCst)
     }
 
-    /// A slot in the pending limits for `member` (an approval id or a sync hold's id).
-    async fn slot(&self, member: &str, sub: &str, expires_at: u64) -> Result<Slot, Refusal> {
-        match self.store.as_ref().filter(|s| s.shared()) {
-            None => self.reserve(sub).map(|r| Slot::Local { _held: r }),
-            Some(store) => {
-                store
-                    .reserve(member, sub, expires_at, &self.limits)
-                    .await??;
-                Ok(Slot::Shared {
-                    _held: SharedSlot {
-                        store: store.clone(),
-                        member: member.to_string(),
-                        sub: sub.to_string(),
-                        armed: true,
-                    },
-                })
-            }
-        }
-    }
-
-    fn reserve(&self, sub: &str) -> Result<Reservation, Refusal> {
-        let mut n = self.counts.per_user.entry(sub.to_string()).or_insert(0);
-        if *n >= self.limits.max_pending_per_user {
-            return Err(Refusal::TooManyApprovals { per_user: true });
-        }
-        if self.counts.total.fetch_add(1, Ordering::SeqCst) >= self.limits.max_pending {
-            self.counts.total.fetch_sub(1, Ordering::SeqCst);
-            let empty = *n == 0;
-            drop(n);
-            if empty {
-                self.counts.per_user.remove_if(sub, |_, n| *n == 0);
-            }
-            return Err(Refusal::TooManyApprovals { per_user: false });
-        }
-        *n += 1;
-        Ok(Reservation {
-            owner: self.counts.clone(),
+    /// What the user is asked to approve, to check their answer against.
+    fn asked(&self, spec: &ApprovalSpec, sub: &str, details: String, scope: String) -> confirm::Asked {
+        confirm::Asked {
             sub: sub.to_string(),
-        })
+            details,
+            scope,
+            require_details: spec.require_details,
+            issuers: self.issuers.clone(),
+        }
     }
 
-    /// Ask the user: send the backchannel request. Returns the request id, its lifetime and
+    fn store_error(&self, e: impl Into<StateError>) -> Refusal {
+        let e: StateError = e.into();
+        tracing::error!(error = %e, "approval store error; denying");
+        e.into()
+    }
+
+    /// Append a receipt to the store's chain (nothing without a store). A failure is logged
+    /// and returned: where a call would go on, the caller refuses it (fail closed).
+    async fn receipt(&self, draft: Draft) -> Result<(), Refusal> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        append_receipt(store, &self.metrics, draft).await
+    }
+
     /// polling interval.
     async fn ask(
         &self,
@@ -347,250 +292,21 @@ impl Approvals {
                 }
             })
     }
-
-    /// Start a sync hold: the caller waits on the returned `Held`.
-    pub async fn start_sync(
-        &self,
-        spec: &ApprovalSpec,
-        who: &Identity,
-        iss: &str,
-        req: &ApprovalRequest,
-    ) -> Result<Held, Refusal> {
-        let member = format!("sync:{}", uuid::Uuid::new_v4().simple());
-        let expires_at = now() + spec.max_wait.as_secs();
-        let reservation = self.slot(&member, &who.sub, expires_at).await?;
-        let started = self.ask(spec, who, iss, req).await?;
-        let client = self.clients[spec.client].clone();
-        let interval = started.interval.unwrap_or(ciba::DEFAULT_INTERVAL);
-        let deadline = Instant::now() + Duration::from_secs(lifetime(spec, &started));
-        let (tx, rx) = watch::channel(None);
-        let metrics = self.metrics.clone();
-        let gauge = metrics.pending_guard();
-        let asked = Instant::now();
-        let task = tokio::spawn(async move {
-            let _slot = reservation;
-            let _gauge = gauge;
-            let keep = |_| std::future::ready(true);
-            let outcome = poll_until(
-                &client,
-                &started.auth_req_id,
-                interval,
-                deadline,
-                |_| {},
-                keep,
-            )
-            .await
-            .unwrap_or(Outcome::Failed);
-            metrics.finished("sync", outcome.label());
-            if matches!(outcome, Outcome::Approved | Outcome::Denied) {
-                metrics.decided_after(asked.elapsed().as_secs_f64());
-            }
-            let _ = tx.send(Some(outcome));
-        });
-        Ok(Held {
-            outcome: rx,
-            task: task.abort_handle(),
-        })
-    }
-
-    /// Start an async approval bound to `binding`; answered with 202.
-    pub async fn start_async(
-        &self,
-        spec: &ApprovalSpec,
-        route: &str,
-        who: &Identity,
-        iss: &str,
-        req: &ApprovalRequest,
-        binding: Binding,
-    ) -> Result<Accepted, Refusal> {
-        let store = self.store.clone().ok_or(Refusal::ApprovalFailed)?;
-        let id = store::new_id().map_err(|e| self.store_error(StateError::Store(e.to_string())))?;
-        let mut reservation = self
-            .slot(&id, &who.sub, now() + spec.max_wait.as_secs())
-            .await?;
-        let started = self.ask(spec, who, iss, req).await?;
-        let now = now();
-        let lifetime = lifetime(spec, &started);
-        let interval = started.interval.unwrap_or(ciba::DEFAULT_INTERVAL);
-        let record = ApprovalRecord {
-            id,
-            route: route.to_string(),
-            binding,
-            auth_req_id: started.auth_req_id,
-            binding_message: req.binding_message.clone(),
-            authorization_details: req.authorization_details.to_string(),
-            status: ApprovalStatus::Pending,
-            interval_secs: interval,
-            created_at: now,
-            expires_at: now + lifetime,
-            updated_at: now,
-        };
-        store
-            .insert(&record, lease_ttl(interval))
-            .await
-            .map_err(|e| self.store_error(e))?;
-        reservation.stored();
-        self.spawn_async_poller(spec.client, record.clone(), reservation);
-        Ok(Accepted {
-            id: record.id,
-            retry_after: interval,
-            expires_in: lifetime,
-        })
-    }
-
-    fn store_error(&self, e: impl Into<StateError>) -> Refusal {
-        let e: StateError = e.into();
-        tracing::error!(error = %e, "approval store error; denying");
-        e.into()
-    }
-
-    fn spawn_async_poller(&self, client: usize, record: ApprovalRecord, slot: Slot) {
-        let Some(store) = self.store.clone() else {
-            return;
-        };
-        let client = self.clients[client].clone();
-        let metrics = self.metrics.clone();
-        let gauge = metrics.pending_guard();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _gauge = gauge;
-            let left = record.expires_at.saturating_sub(now());
-            let deadline = Instant::now() + Duration::from_secs(left);
-            let (id, s) = (record.id.clone(), store.clone());
-            let on_slow_down = move |interval| {
-                let (s, id) = (s.clone(), id.clone());
-                tokio::spawn(async move { s.set_interval(&id, interval).await });
-            };
-            let (id, s) = (record.id.clone(), store.clone());
-            let keep = move |interval| {
-                let (s, id) = (s.clone(), id.clone());
-                async move { matches!(s.lease(&id, lease_ttl(interval)).await, Ok(true)) }
-            };
-            let outcome = poll_until(
-                &client,
-                &record.auth_req_id,
-                record.interval_secs,
-                deadline,
-                on_slow_down,
-                keep,
-            )
-            .await;
-            let Some(outcome) = outcome else {
-                tracing::info!(approval = %record.id, "approval polled by another replica now; stopping");
-                return;
-            };
-            metrics.finished("async", outcome.label());
-            if matches!(outcome, Outcome::Approved | Outcome::Denied) {
-                let asked = record.created_at;
-                metrics.decided_after(now().saturating_sub(asked) as f64);
-            }
-            let result = store.finish(&record, outcome.status(), now()).await;
-            if !matches!(result, Ok(true)) {
-                tracing::error!(approval = %record.id, "could not record the approval outcome");
-            }
-        });
-    }
-
-    /// After a restart: poll again for every approval still pending in the store.
-    pub async fn resume(&self, client_of_route: impl Fn(&str) -> Option<usize>) -> usize {
-        let Some(store) = self.store.clone().filter(|s| !s.shared()) else {
-            return 0;
-        };
-        let pending = match store.pending().await {
-            Ok(p) => p,
-            _ => {
-                tracing::error!("cannot read pending approvals to resume them");
-                return 0;
-            }
-        };
-        let mut resumed = 0;
-        for record in pending {
-            let Some(client) = client_of_route(&record.route) else {
-                continue;
-            };
-            let slot = Reservation {
-                owner: self.counts.clone(),
-                sub: record.binding.sub.clone(),
-            };
-            self.counts.total.fetch_add(1, Ordering::SeqCst);
-            *self
-                .counts
-                .per_user
-                .entry(record.binding.sub.clone())
-                .or_insert(0) += 1;
-            self.spawn_async_poller(client, record, Slot::Local { _held: slot });
-            resumed += 1;
-        }
-        resumed
-    }
-
-    /// With a shared backend: poll the pending approvals whose poller died (its lease ran
-    /// out). Called about once a second by every replica; each orphan goes to one of them.
-    pub async fn adopt_orphans(&self, client_of_route: impl Fn(&str) -> Option<usize>) -> usize {
-        let Some(store) = self.store.clone().filter(|s| s.shared()) else {
-            return 0;
-        };
-        let orphans = match store.adopt(ADOPT_LEASE, 100).await {
-            Ok(o) => o,
-            Err(_) => return 0, // logged and counted by the backend
-        };
-        let mut adopted = 0;
-        for record in orphans {
-            let Some(client) = client_of_route(&record.route) else {
-                continue;
-            };
-            tracing::info!(approval = %record.id, "taking over polling of an approval");
-            let slot = Slot::Shared {
-                _held: SharedSlot {
-                    store: store.clone(),
-                    member: record.id.clone(),
-                    sub: record.binding.sub.clone(),
-                    armed: false,
-                },
-            };
-            self.spawn_async_poller(client, record, slot);
-            adopted += 1;
-        }
-        adopted
-    }
-
-    /// Redeem an async approval for the request described by `binding`.
-    pub async fn redeem(&self, id: &str, binding: Binding) -> Result<Redeemed, Refusal> {
-        let store = self.store.clone().ok_or(Refusal::ApprovalInvalid)?;
-        let consumed = store
-            .consume(id, &binding, now())
-            .await
-            .map_err(|e| self.store_error(e))?;
-        match consumed {
-            Consume::Consumed => Ok(Redeemed::Forward),
-            Consume::Pending => match store.get(id).await.map_err(|e| self.store_error(e))? {
-                Some(r) => Ok(Redeemed::StillPending(Accepted {
-                    expires_in: r.expires_at.saturating_sub(now()),
-                    retry_after: r.interval_secs,
-                    id: r.id,
-                })),
-                None => Err(Refusal::ApprovalInvalid),
-            },
-            Consume::Denied => Err(Refusal::ApprovalDenied),
-            Consume::Expired => Err(Refusal::ApprovalExpired),
-            Consume::Failed => Err(Refusal::ApprovalFailed),
-            _ => Err(Refusal::ApprovalInvalid),
-        }
-    }
-
-    /// An async approval's record (for its status endpoint; the caller checks the owner).
-    /// `Ok(None)`: unknown; `Err`: the store failed (fail closed).
-    pub async fn record(&self, id: &str) -> Result<Option<ApprovalRecord>, Refusal> {
-        let Some(store) = self.store.clone() else {
-            return Ok(None);
-        };
-        store.get(id).await.map_err(|e| self.store_error(e))
-    }
 }
 
-/// What a retried request with an approval id may do.
-#[derive(Debug)]
-pub enum Redeemed {
-    Forward,
-    StillPending(Accepted),
+/// Append a receipt with `store` (from a poller task as well).
+async fn append_receipt(
+    store: &Arc<dyn ApprovalBackend>,
+    metrics: &ApprovalMetrics,
+    draft: Draft,
+) -> Result<(), Refusal> {
+    let event = draft.event.clone();
+    match store.append_receipt(draft).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            metrics.receipt_failed();
+            tracing::error!(error = %e, event, "cannot append an approval receipt");
+            Err(e.into())
+        }
+    }
 }

@@ -28,6 +28,8 @@ pub struct Gateway {
     entrypoints: Vec<Option<String>>,
     /// `input.credentials` per route, in route order.
     credential_inputs: Vec<Option<regorus::Value>>,
+    /// Each route's revision ([`Gateway::revision`]), in route order.
+    revisions: Vec<String>,
     pub verifier: Verifier,
     pub credentials: Credentials,
     pub approvals: Approvals,
@@ -150,7 +152,12 @@ impl Gateway {
             .iter()
             .map(|r| r.policy.as_deref().map(entrypoint))
             .collect();
-        let verifier = Verifier::new(keys, config.token_cache_entries);
+        let revisions: Vec<String> = config
+            .routes
+            .iter()
+            .map(|r| route_revision(policies.digest(), r))
+            .collect();
+        let verifier = Verifier::new(keys.clone(), config.token_cache_entries);
         let token_http = reqwest::Client::builder()
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -187,6 +194,7 @@ impl Gateway {
             token_http.clone(),
             approval_store,
             metrics.approvals.clone(),
+            keys.clone(),
         );
         if let Some(old) = previous {
             approvals.carry_pending(&old.approvals);
@@ -216,7 +224,20 @@ impl Gateway {
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| source.error("routes", format!("cannot build HTTP client: {e}")))?;
+        approvals.publish_revisions(
+            config
+                .routes
+                .iter()
+                .zip(&revisions)
+                .map(|(r, rev)| {
+                    let keep = r.approval.as_ref().is_some_and(|a| a.keep_on_policy_change);
+                    let rev = rev.clone();
+                    (r.name.to_string(), crate::approval::RouteRevision { rev, keep })
+                })
+                .collect(),
+        );
         Ok(Gateway {
+            revisions,
             upstream_http,
             state,
             approvals,
@@ -293,13 +314,22 @@ impl Gateway {
     }
 
     /// The client index of the approval settings of route `name`.
-    pub fn approval_client(&self, name: &str) -> Option<usize> {
+    pub fn approval_client(&self, name: &str) -> Option<crate::approval::PollSpec> {
         self.config
             .routes
             .iter()
             .find(|r| &*r.name == name)
             .and_then(|r| r.approval.as_ref())
-            .map(|a| a.client)
+            .map(|a| crate::approval::PollSpec {
+                client: a.client,
+                require_details: a.require_details,
+            })
+    }
+
+    /// The revision of `route`: its policies (the whole policy directory: a package may
+    /// import any other) and its configuration. An approval is bound to it.
+    pub fn revision(&self, route: &RouteSpec) -> &str {
+        &self.revisions[self.route_index(route)]
     }
 
     /// Position of `route` (one of this configuration's routes) in route order.
@@ -313,6 +343,17 @@ impl Gateway {
 }
 
 /// Open the approval store (async approvals), creating it unless `create` is false.
+/// SHA-256 (hex) of the policies' digest and the route's configuration.
+fn route_revision(policies: &str, route: &RouteSpec) -> String {
+    crate::state::hex(
+        aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            format!("{policies}\n{route:?}").as_bytes(),
+        )
+        .as_ref(),
+    )
+}
+
 fn open_approval_store(
     source: &Source,
     config: &Config,

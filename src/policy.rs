@@ -94,6 +94,13 @@ pub enum Refusal {
     ApprovalUnknownUser,
     /// The `Portcullis-Approval` id is unknown, used, or was granted for another request.
     ApprovalInvalid,
+    /// The approval was already used by an identical call, at `at` (unix seconds).
+    ApprovalUsed { at: u64 },
+    /// The route's policies or configuration changed since the approval was asked for.
+    ApprovalRevised { asked: String, now: String },
+    /// The user's answer does not cover the call (details, scope or user differ); `code` names
+    /// what differed.
+    ApprovalMismatch { code: &'static str },
     TooManyApprovals {
         per_user: bool,
     },
@@ -139,6 +146,9 @@ impl Refusal {
             Refusal::CredentialsFailed => 502,
             Refusal::ApprovalPending { .. } => 202,
             Refusal::ApprovalDenied | Refusal::ApprovalExpired | Refusal::ApprovalInvalid => 403,
+            Refusal::ApprovalUsed { .. }
+            | Refusal::ApprovalRevised { .. }
+            | Refusal::ApprovalMismatch { .. } => 403,
             Refusal::ApprovalTimeout => 408,
             Refusal::ApprovalFailed => 503,
             Refusal::ApprovalRejected | Refusal::ApprovalUnknownUser => 502,
@@ -180,7 +190,10 @@ impl Refusal {
             Refusal::ApprovalFailed => "temporarily_unavailable",
             Refusal::ApprovalRejected => "bad_gateway",
             Refusal::ApprovalUnknownUser => "unknown_user",
-            Refusal::ApprovalInvalid => "approval_invalid",
+            Refusal::ApprovalInvalid
+            | Refusal::ApprovalUsed { .. }
+            | Refusal::ApprovalRevised { .. } => "approval_invalid",
+            Refusal::ApprovalMismatch { .. } => "approval_mismatch",
             Refusal::TooManyApprovals { .. } => "too_many_approvals",
             Refusal::ClientClosed => "client_closed",
             Refusal::ApprovalCancelled => "approval_cancelled",
@@ -206,6 +219,9 @@ impl Refusal {
                 | Refusal::ApprovalRejected
                 | Refusal::ApprovalUnknownUser
                 | Refusal::ApprovalInvalid
+                | Refusal::ApprovalUsed { .. }
+                | Refusal::ApprovalRevised { .. }
+                | Refusal::ApprovalMismatch { .. }
                 | Refusal::ApprovalCancelled
                 | Refusal::TooManyApprovals { .. }
                 | Refusal::RateLimited { tool: true, .. }
@@ -243,6 +259,9 @@ impl Refusal {
             Refusal::ApprovalRejected => "approval_rejected",
             Refusal::ApprovalUnknownUser => "approval_unknown_user",
             Refusal::ApprovalInvalid => "approval_invalid",
+            Refusal::ApprovalUsed { .. } => "approval_used",
+            Refusal::ApprovalRevised { .. } => "approval_revised",
+            Refusal::ApprovalMismatch { .. } => "approval_mismatch",
             Refusal::TooManyApprovals { .. } => "too_many_approvals",
             Refusal::ClientClosed => "client_closed",
             Refusal::ApprovalCancelled => "approval_cancelled",
@@ -282,6 +301,9 @@ impl Refusal {
         "approval_rejected",
         "approval_unknown_user",
         "approval_invalid",
+        "approval_used",
+        "approval_revised",
+        "approval_mismatch",
         "too_many_approvals",
         "client_closed",
         "approval_cancelled",
@@ -291,6 +313,11 @@ impl Refusal {
         "mcp_header_mismatch",
         "mcp_denied",
     ];
+}
+
+/// The first 12 hex digits of a revision, as shown in messages.
+fn short(rev: &str) -> &str {
+    rev.get(..12).unwrap_or(if rev.is_empty() { "(none)" } else { rev })
 }
 
 impl fmt::Display for Refusal {
@@ -364,6 +391,24 @@ impl fmt::Display for Refusal {
             ),
             Refusal::ApprovalInvalid => f.write_str(
                 "the approval id is unknown, already used, or was granted for another request",
+            ),
+            Refusal::ApprovalUsed { at } => write!(
+                f,
+                "this approval was already used by an identical call at {} (unix {at}); \
+                 an approval runs its call once",
+                crate::approval::receipts::rfc3339(*at)
+            ),
+            Refusal::ApprovalRevised { asked, now } => write!(
+                f,
+                "the route's policy changed since this call was approved (revision {} is now \
+                 {}); the approval no longer counts: send the call again to ask anew",
+                short(asked),
+                short(now)
+            ),
+            Refusal::ApprovalMismatch { code } => write!(
+                f,
+                "the user's answer does not cover this call ({code} differ from what was \
+                 asked); nothing was forwarded"
             ),
             Refusal::TooManyApprovals { per_user: true } => {
                 f.write_str("too many approvals are pending for this user")

@@ -39,6 +39,7 @@ pub fn open_sqlite(
     path: &Path,
     schema: &str,
     version: i64,
+    migrations: &[&str],
 ) -> Result<Connection, PrivateFileError> {
     create_or_check(path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -59,6 +60,12 @@ pub fn open_sqlite(
             found,
             supported: version,
         });
+    }
+    // `migrations[i]` upgrades a file of version i + 1; a new file (0) gets `schema` alone.
+    if found > 0 {
+        for step in migrations.iter().skip(usize::try_from(found - 1).unwrap_or(usize::MAX)) {
+            tx.execute_batch(step)?;
+        }
     }
     tx.execute_batch(schema)?;
     tx.pragma_update(None, "user_version", version)?;

@@ -181,6 +181,10 @@ impl Reply {
             ApprovalStatus::Denied => ("denied", "Nothing runs."),
             ApprovalStatus::Expired => ("expired", "Nothing runs."),
             ApprovalStatus::Failed => ("failed", "Nothing runs."),
+            ApprovalStatus::Mismatch => (
+                "refused",
+                "The answer from your identity provider did not match what was asked. Nothing runs.",
+            ),
         };
         let refresh = if record.status == ApprovalStatus::Pending {
             r#"<meta http-equiv="refresh" content="5">"#

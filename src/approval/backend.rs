@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::receipts::{Draft, Receipt, Row};
 use super::store::{ApprovalRecord, ApprovalStatus, ApprovalStore, Binding, Consume};
 use crate::config::model::ApprovalLimits;
 use crate::policy::Refusal;
@@ -68,6 +69,17 @@ pub trait ApprovalBackend: Send + Sync {
 
     /// Pending approvals whose poller's lease ran out (it died): leased to this process now.
     async fn adopt(&self, ttl: Duration, limit: usize) -> Result<Vec<ApprovalRecord>, StateError>;
+
+    /// Append a receipt to the store's one chain (appends are serialised: no fork).
+    async fn append_receipt(&self, draft: Draft) -> Result<Receipt, StateError>;
+
+    /// Up to `limit` receipts after position `after`, in chain order (optionally one user's).
+    async fn receipts(
+        &self,
+        after: u64,
+        limit: usize,
+        sub: Option<&str>,
+    ) -> Result<Vec<Row>, StateError>;
 }
 
 /// The embedded backend: the SQLite store (one process; limits are counted in memory).
@@ -157,5 +169,19 @@ impl ApprovalBackend for Sqlite {
 
     async fn adopt(&self, _: Duration, _: usize) -> Result<Vec<ApprovalRecord>, StateError> {
         Ok(Vec::new())
+    }
+
+    async fn append_receipt(&self, draft: Draft) -> Result<Receipt, StateError> {
+        blocking(&self.0, move |s| s.append_receipt(draft)).await
+    }
+
+    async fn receipts(
+        &self,
+        after: u64,
+        limit: usize,
+        sub: Option<&str>,
+    ) -> Result<Vec<Row>, StateError> {
+        let sub = sub.map(str::to_string);
+        blocking(&self.0, move |s| s.receipts(after, limit, sub.as_deref())).await
     }
 }

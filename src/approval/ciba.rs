@@ -28,7 +28,8 @@ pub struct Started {
 pub enum Poll {
     Pending,
     SlowDown,
-    Approved,
+    /// The token response (the user's answer, checked by `confirm`).
+    Approved(bytes::Bytes),
     Denied,
     Expired,
     Failed(OAuthError),
@@ -44,18 +45,23 @@ pub fn login_hint(kind: LoginHint, iss: &str, sub: &str) -> String {
     }
 }
 
-/// Form parameters of the backchannel request.
-pub fn params(
-    spec: &ApprovalSpec,
-    req: &ApprovalRequest,
-    hint: String,
-) -> Vec<(&'static str, String)> {
+/// The scopes asked for: the route's, then the policy's.
+pub fn scope(spec: &ApprovalSpec, req: &ApprovalRequest) -> String {
     let mut scope: Vec<&str> = spec.scope.split_whitespace().collect();
     for s in req.scope.as_deref().unwrap_or("").split_whitespace() {
         if !scope.contains(&s) {
             scope.push(s);
         }
     }
+    scope.join(" ")
+}
+
+/// Form parameters of the backchannel request.
+pub fn params(
+    spec: &ApprovalSpec,
+    req: &ApprovalRequest,
+    hint: String,
+) -> Vec<(&'static str, String)> {
     // One second more than the hold: the server's request outlives our wait, so a sync hold
     // lasts its full `max_wait_seconds` (see `poll::lifetime`).
     let expiry = req
@@ -64,7 +70,7 @@ pub fn params(
         .min(spec.max_wait.as_secs())
         + 1;
     let mut p = vec![
-        ("scope", scope.join(" ")),
+        ("scope", scope(spec, req)),
         ("login_hint", hint),
         ("binding_message", req.binding_message.clone()),
         ("requested_expiry", expiry.to_string()),
@@ -90,13 +96,16 @@ pub async fn start(
 /// Poll the token endpoint once.
 pub async fn poll(client: &TokenClient, auth_req_id: &Secret) -> Poll {
     let answer = client
-        .request(vec![
+        .call(
+            &client.spec.token_endpoint,
+            vec![
             ("grant_type", CIBA_GRANT.to_string()),
-            ("auth_req_id", auth_req_id.expose().to_string()),
-        ])
+                ("auth_req_id", auth_req_id.expose().to_string()),
+            ],
+        )
         .await;
     match answer {
-        Ok(_) => Poll::Approved,
+        Ok(body) => Poll::Approved(body),
         Err(OAuthError::Rejected { error, .. }) if error == "authorization_pending" => {
             Poll::Pending
         }
@@ -144,6 +153,8 @@ mod tests {
             mcp: crate::config::model::McpApprovalMode::Hold,
             mcp_explicit: false,
             round: Duration::from_secs(50),
+            require_details: true,
+            keep_on_policy_change: false,
         };
         let req = ApprovalRequest {
             binding_message: "Pay INV-1 5000 EUR".into(),

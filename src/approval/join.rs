@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::store::{ApprovalStatus, Binding, Consume};
+use super::receipts::Draft;
+use super::store::{ApprovalStatus, Binding};
 use super::Approvals;
 use crate::auth::now;
 use crate::claims::Identity;
@@ -45,6 +46,8 @@ pub struct Ask<'a> {
     pub who: &'a Identity,
     pub iss: &'a str,
     pub req: &'a ApprovalRequest,
+    /// The revision of the route's policies and configuration that decided.
+    pub rev: &'a str,
 }
 
 /// How one call that needs approval ended.
@@ -74,26 +77,12 @@ impl Approvals {
                 .get(id)
                 .await
                 .map_err(|e| self.store_error(e))?
+                .filter(|r| r.binding == *binding)
                 .ok_or(Refusal::ApprovalInvalid)?;
-            let settled = match record.status {
-                ApprovalStatus::Pending => None,
-                ApprovalStatus::Approved => {
-                    match store
-                        .consume(id, binding, now())
-                        .await
-                        .map_err(|e| self.store_error(e))?
-                    {
-                        Consume::Consumed => Some(Ok(Round::Forward)),
-                        // Another identical call took it a moment ago: that one runs.
-                        Consume::AlreadyUsed => Some(Err(Refusal::ApprovalInvalid)),
-                        Consume::Expired => Some(Err(Refusal::ApprovalExpired)),
-                        _ => Some(Err(Refusal::ApprovalInvalid)),
-                    }
-                }
-                ApprovalStatus::Denied => Some(Err(Refusal::ApprovalDenied)),
-                ApprovalStatus::Expired => Some(Err(Refusal::ApprovalExpired)),
-                ApprovalStatus::Failed => Some(Err(Refusal::ApprovalFailed)),
-                ApprovalStatus::Used => Some(Err(Refusal::ApprovalInvalid)),
+            let settled = match self.settle(&record).await {
+                Ok(true) => Some(Ok(Round::Forward)),
+                Ok(false) => None,
+                Err(refusal) => Some(Err(refusal)),
             };
             if let Some(outcome) = settled {
                 self.settled(id);
@@ -113,45 +102,46 @@ impl Approvals {
         }
     }
 
+    /// Run `f` while no other call with the same join `key` runs its own (in this process).
+    pub(super) async fn one_at_a_time<T>(&self, key: &str, f: impl Future<Output = T>) -> T {
+        let lock = self
+            .joining
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        let guard = lock.lock().await;
+        let out = f.await;
+        drop(guard);
+        self.joining.remove_if(key, |_, l| {
+            Arc::strong_count(l) <= 2 && Arc::ptr_eq(l, &lock)
+        });
+        out
+    }
+
     /// The open approval with this binding, or a new one (the user is asked once: identical
-    /// calls arriving together in this process wait for the first to ask).
+    /// calls arriving together in this process wait for the first to ask). An approval asked
+    /// for under another revision of the route is not joined: the call asks anew.
     pub async fn join_or_ask(&self, ask: &Ask<'_>, binding: &Binding) -> Result<String, Refusal> {
         let route = ask.route;
         let store = self.store.clone().ok_or(Refusal::ApprovalFailed)?;
         let key = join_key(route, binding);
-        let lock = self
-            .joining
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
-            .clone();
-        let guard = lock.lock().await;
-        let found = store
-            .find_latest(route, binding, now())
-            .await
-            .map_err(|e| self.store_error(e));
-        let id = match found? {
-            Some(open) => {
-                tracing::info!(approval = %open.id, route, "an identical call joins a pending approval");
-                open.id
+        self.one_at_a_time(&key, async {
+            let found = store
+                .find_latest(route, binding, now())
+                .await
+                .map_err(|e| self.store_error(e))?
+                .filter(|open| self.check_revision(route, &open.policy_rev).is_ok());
+            match found {
+                Some(open) => {
+                    tracing::info!(approval = %open.id, route, "an identical call joins an open approval");
+                    let mode = if binding.method.starts_with("MCP ") { "mcp" } else { "async" };
+                    self.metrics.joined(mode);
+                    Ok(open.id)
+                }
+                None => Ok(self.start_async(ask, binding.clone()).await?.id),
             }
-            None => {
-                let Ask {
-                    spec,
-                    who,
-                    iss,
-                    req,
-                    ..
-                } = *ask;
-                self.start_async(spec, route, who, iss, req, binding.clone())
-                    .await?
-                    .id
-            }
-        };
-        drop(guard);
-        self.joining.remove_if(&key, |_, l| {
-            Arc::strong_count(l) <= 2 && Arc::ptr_eq(l, &lock)
-        });
-        Ok(id)
+        })
+        .await
     }
 
     /// The caller withdrew (declined in the client): a pending approval `id` is recorded as
@@ -159,10 +149,14 @@ impl Approvals {
     pub async fn withdraw(&self, id: &str) -> Result<(), Refusal> {
         let store = self.store.clone().ok_or(Refusal::ApprovalFailed)?;
         if let Some(r) = store.get(id).await.map_err(|e| self.store_error(e))? {
-            store
-                .finish(&r, ApprovalStatus::Denied, now())
+            let at = now();
+            let changed = store
+                .finish(&r, ApprovalStatus::Denied, at)
                 .await
                 .map_err(|e| self.store_error(e))?;
+            if changed {
+                self.receipt(Draft::of("denied", &r, at, "withdrawn")).await?;
+            }
         }
         Ok(())
     }
@@ -187,7 +181,7 @@ impl Approvals {
     }
 }
 
-fn join_key(route: &str, b: &Binding) -> String {
+pub(super) fn join_key(route: &str, b: &Binding) -> String {
     format!(
         "{route}\0{}\0{}\0{}\0{}\0{}",
         b.sub,

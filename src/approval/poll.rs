@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::ciba::{self, Poll};
+use super::confirm::Asked;
 use super::Outcome;
 use crate::config::model::ApprovalSpec;
 use crate::credentials::oauth::{OAuthError, TokenClient};
@@ -26,12 +27,14 @@ pub fn lease_ttl(interval: u64) -> Duration {
 /// A lease for a taken-over approval, until its poller renews it with its interval.
 pub const ADOPT_LEASE: Duration = Duration::from_secs(10);
 
-/// Poll until the user answers, the request expires or `deadline` passes. `keep(interval)`
+/// Poll until the user answers, the request expires or `deadline` passes; an approval counts
+/// only if the answer grants what was `asked` (else `Mismatch`). `keep(interval)`
 /// is asked before each wait (renewing the polling lease); `None` when it says no (another
 /// replica polls now, or the backend is gone): nothing is recorded.
 pub async fn poll_until<K: std::future::Future<Output = bool>>(
     client: &TokenClient,
     auth_req_id: &Secret,
+    asked: &Asked,
     mut interval: u64,
     deadline: Instant,
     on_slow_down: impl Fn(u64),
@@ -55,7 +58,15 @@ pub async fn poll_until<K: std::future::Future<Output = bool>>(
                 interval += ciba::SLOW_DOWN_STEP;
                 on_slow_down(interval);
             }
-            Poll::Approved => return Some(Outcome::Approved),
+            Poll::Approved(answer) => {
+                return Some(match asked.check(&answer).await {
+                    Ok(()) => Outcome::Approved,
+                    Err(m) => {
+                        tracing::warn!(code = m.code, why = %m.why, "the user's answer does not cover what was asked; refusing");
+                        Outcome::Mismatch(m.code)
+                    }
+                })
+            }
             Poll::Denied => return Some(Outcome::Denied),
             Poll::Expired => return Some(Outcome::Expired),
             // A network blip is retried until the deadline; an error answer is final.

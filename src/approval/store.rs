@@ -10,151 +10,64 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use aws_lc_rs::{digest, rand};
+use aws_lc_rs::rand;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, TransactionBehavior};
 
 use crate::private_file::{self, PrivateFileError};
 use crate::secret::Secret;
 
-/// Written to `PRAGMA user_version`; a file with a higher version is refused.
-const SCHEMA_VERSION: i64 = 1;
+mod receipts;
+mod record;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS approvals (id TEXT PRIMARY KEY NOT NULL, route TEXT NOT NULL,
+pub use record::{ApprovalRecord, ApprovalStatus, Binding};
+
+/// Written to `PRAGMA user_version`; a file with a higher version is refused. Version 2 added
+/// the asked `scope`, the `policy_rev`, the `mismatch` status and the receipts.
+const SCHEMA_VERSION: i64 = 2;
+
+/// The `approvals` table as of version 2 (`{name}`: the table's name).
+const APPROVALS_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS {name} (id TEXT PRIMARY KEY NOT NULL, route TEXT NOT NULL,
     sub TEXT NOT NULL, agent TEXT, method TEXT NOT NULL, target TEXT NOT NULL,
     body_sha256 BLOB NOT NULL CHECK (length(body_sha256) = 32), auth_req_id TEXT NOT NULL,
     binding_message TEXT NOT NULL, authorization_details TEXT NOT NULL,
-    status TEXT NOT NULL
-        CHECK (status IN ('pending', 'approved', 'denied', 'expired', 'failed', 'used')),
+    status TEXT NOT NULL CHECK (status IN
+        ('pending', 'approved', 'denied', 'expired', 'failed', 'mismatch', 'used')),
     interval_secs INTEGER NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL);
+    updated_at INTEGER NOT NULL, scope TEXT NOT NULL DEFAULT '',
+    policy_rev TEXT NOT NULL DEFAULT '');";
+
+const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS approvals_status_created ON approvals (status, created_at);
 CREATE INDEX IF NOT EXISTS approvals_sub_status ON approvals (sub, status);";
 
+/// Version 1 to 2: the table is rebuilt (SQLite cannot change a CHECK); the old rows keep an
+/// empty `policy_rev`, which no route has, so they can no longer be redeemed.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE approvals RENAME TO approvals_v1;
+{table}
+INSERT INTO approvals (id, route, sub, agent, method, target, body_sha256, auth_req_id,
+    binding_message, authorization_details, status, interval_secs, created_at, expires_at,
+    updated_at)
+SELECT id, route, sub, agent, method, target, body_sha256, auth_req_id, binding_message,
+    authorization_details, status, interval_secs, created_at, expires_at, updated_at
+FROM approvals_v1;
+DROP TABLE approvals_v1;";
+
 const COLUMNS: &str = "id, route, sub, agent, method, target, body_sha256, auth_req_id, \
     binding_message, authorization_details, status, interval_secs, created_at, expires_at, \
-    updated_at";
+    updated_at, scope, policy_rev";
 
-/// The life cycle of an approval: `Pending` until the user answers (or the request expires or
-/// polling fails), then `Approved` until the agent's retry consumes it (`Used`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApprovalStatus {
-    /// Waiting for the user's decision (the gateway polls the CIBA token endpoint).
-    Pending,
-    /// The user approved; the bound request may be sent once.
-    Approved,
-    /// The user refused.
-    Denied,
-    /// No decision (or no use) before `expires_at`.
-    Expired,
-    /// Polling failed for good (an error from the authorization server).
-    Failed,
-    /// The approval was consumed by the bound request.
-    Used,
+fn schema() -> String {
+    let table = APPROVALS_TABLE.replace("{name}", "approvals");
+    format!("{table}{INDEXES}{}", receipts::SCHEMA)
 }
 
-impl ApprovalStatus {
-    /// The lowercase name stored in the database: `pending`, `approved`, ...
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApprovalStatus::Pending => "pending",
-            ApprovalStatus::Approved => "approved",
-            ApprovalStatus::Denied => "denied",
-            ApprovalStatus::Expired => "expired",
-            ApprovalStatus::Failed => "failed",
-            ApprovalStatus::Used => "used",
-        }
-    }
-
-    /// The status named by [`ApprovalStatus::as_str`], or `None`.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "pending" => Self::Pending,
-            "approved" => Self::Approved,
-            "denied" => Self::Denied,
-            "expired" => Self::Expired,
-            "failed" => Self::Failed,
-            "used" => Self::Used,
-            _ => return None,
-        })
-    }
-
-    /// Whether the status can no longer change: all but `Pending` and `Approved`.
-    pub fn is_final(self) -> bool {
-        !matches!(self, ApprovalStatus::Pending | ApprovalStatus::Approved)
-    }
-}
-
-impl ToSql for ApprovalStatus {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for ApprovalStatus {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let s = value.as_str()?;
-        ApprovalStatus::parse(s)
-            .ok_or_else(|| FromSqlError::Other(format!("unknown approval status '{s}'").into()))
-    }
-}
-
-/// What the approval is bound to: the request it was asked for. Only an identical request
-/// (same user, agent, method, target and body) may consume it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Binding {
-    /// The user's subject.
-    pub sub: String,
-    /// The agent (client) acting for the user, if known.
-    pub agent: Option<String>,
-    /// The HTTP method.
-    pub method: String,
-    /// The request target, `path?query`.
-    pub target: String,
-    /// SHA-256 of the request body ([`Binding::body_hash`]).
-    pub body_sha256: [u8; 32],
-}
-
-impl Binding {
-    /// SHA-256 of a request body.
-    pub fn body_hash(body: &[u8]) -> [u8; 32] {
-        let d = digest::digest(&digest::SHA256, body);
-        let mut out = [0u8; 32];
-        for (o, b) in out.iter_mut().zip(d.as_ref()) {
-            *o = *b;
-        }
-        out
-    }
-}
-
-/// One approval hold as stored. `Debug` never shows the `auth_req_id`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApprovalRecord {
-    /// The approval id given to the agent ([`new_id`]).
-    pub id: String,
-    /// The name of the route the request was sent to.
-    pub route: String,
-    /// The request the approval is for.
-    pub binding: Binding,
-    /// The CIBA `auth_req_id` (a credential for polling).
-    pub auth_req_id: Secret,
-    /// The binding message shown to the user on their device.
-    pub binding_message: String,
-    /// The RAR `authorization_details` sent with the request, as JSON text (stored verbatim).
-    pub authorization_details: String,
-    /// Where the approval is in its life cycle.
-    pub status: ApprovalStatus,
-    /// The current CIBA polling interval, seconds.
-    pub interval_secs: u64,
-    /// When the approval was requested, unix seconds.
-    pub created_at: u64,
-    /// When it stops being valid (for a decision and for use), unix seconds.
-    pub expires_at: u64,
-    /// When it was last written, unix seconds.
-    pub updated_at: u64,
+fn migrations() -> Vec<String> {
+    let table = APPROVALS_TABLE.replace("{name}", "approvals");
+    vec![MIGRATE_1_TO_2.replace("{table}", &table)]
 }
 
 /// A fresh approval id: 128 random bits, base64url without padding (22 characters).
@@ -245,6 +158,8 @@ pub enum Consume {
     AlreadyUsed,
     /// Polling the authorization server failed.
     Failed,
+    /// The user's answer did not cover what was asked ([`ApprovalStatus::Mismatch`]).
+    DetailsMismatch,
 }
 
 /// The approval store: a SQLite file (WAL mode). Synchronous and `Send + Sync`; async callers
@@ -274,7 +189,7 @@ impl ApprovalStore {
         }
         let b = &r.binding;
         let auth_req_id = r.auth_req_id.expose();
-        let values: [&dyn ToSql; 15] = [
+        let values: [&dyn ToSql; 17] = [
             &r.id,
             &r.route,
             &b.sub,
@@ -290,10 +205,12 @@ impl ApprovalStore {
             &to_i64("created_at", r.created_at)?,
             &to_i64("expires_at", r.expires_at)?,
             &to_i64("updated_at", r.updated_at)?,
+            &r.scope,
+            &r.policy_rev,
         ];
         let sql = format!(
             "INSERT INTO approvals ({COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
              ON CONFLICT (id) DO NOTHING"
         );
         if self.lock().execute(&sql, &values[..])? == 0 {
@@ -412,6 +329,7 @@ impl ApprovalStore {
             ApprovalStatus::Denied => (Consume::Denied, None),
             ApprovalStatus::Expired => (Consume::Expired, None),
             ApprovalStatus::Failed => (Consume::Failed, None),
+            ApprovalStatus::Mismatch => (Consume::DetailsMismatch, None),
             ApprovalStatus::Used => (Consume::AlreadyUsed, None),
         };
         if let Some(next) = next {
@@ -449,7 +367,7 @@ impl ApprovalStore {
     pub fn purge(&self, before: u64) -> Result<usize, ApprovalStoreError> {
         let before = i64::try_from(before).unwrap_or(i64::MAX);
         let sql = "DELETE FROM approvals \
-            WHERE status IN ('denied', 'expired', 'failed', 'used') AND updated_at < ?1";
+            WHERE status IN ('denied', 'expired', 'failed', 'mismatch', 'used') AND updated_at < ?1";
         Ok(self.lock().execute(sql, [before])?)
     }
 
@@ -479,6 +397,8 @@ fn read_record(r: &Row<'_>) -> rusqlite::Result<ApprovalRecord> {
         created_at: unsigned(12, r.get(12)?)?,
         expires_at: unsigned(13, r.get(13)?)?,
         updated_at: unsigned(14, r.get(14)?)?,
+        scope: r.get(15)?,
+        policy_rev: r.get(16)?,
     })
 }
 
@@ -495,7 +415,9 @@ fn to_i64(name: &str, value: u64) -> Result<i64, ApprovalStoreError> {
 
 /// `private_file::open_sqlite`, with this store's errors.
 fn open_sqlite(path: &Path) -> Result<Connection, ApprovalStoreError> {
-    private_file::open_sqlite(path, SCHEMA, SCHEMA_VERSION).map_err(|e| match e {
+    let migrations = migrations();
+    let migrations: Vec<&str> = migrations.iter().map(String::as_str).collect();
+    private_file::open_sqlite(path, &schema(), SCHEMA_VERSION, &migrations).map_err(|e| match e {
         PrivateFileError::Io(m) => ApprovalStoreError::Io(m),
         PrivateFileError::Insecure { path, mode } => {
             ApprovalStoreError::InsecurePermissions { path, mode }

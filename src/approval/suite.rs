@@ -42,6 +42,8 @@ fn record(status: ApprovalStatus, now: u64) -> ApprovalRecord {
         auth_req_id: Secret::new("auth-req-id-suite".to_string()),
         binding_message: "Pay INV-1 5000 EUR".to_string(),
         authorization_details: r#"[{"type":"payment_initiation","amount":5000}]"#.to_string(),
+        scope: "openid invoices:pay".to_string(),
+        policy_rev: "rev-1".to_string(),
         status,
         interval_secs: 5,
         created_at: now,
@@ -62,8 +64,9 @@ async fn status(b: &dyn ApprovalBackend, id: &str) -> ApprovalStatus {
     b.get(id).await.unwrap().unwrap().status
 }
 
-/// The contract. `b` must be empty of the ids it creates (they are random).
-async fn contract(shared: Arc<dyn ApprovalBackend>) {
+/// The contract. `b` must be empty of the ids it creates (they are random); `other` is a
+/// second handle on the same store (another replica, another open of the file).
+async fn contract(shared: Arc<dyn ApprovalBackend>, other: Arc<dyn ApprovalBackend>) {
     let b = &*shared;
     let t = now();
 
@@ -179,6 +182,37 @@ async fn contract(shared: Arc<dyn ApprovalBackend>) {
     }
 
     joins(b, t).await;
+    receipts_chain(shared.clone(), other).await;
+}
+
+/// Concurrent appends from two handles make one chain, no fork; a user's receipts list.
+async fn receipts_chain(a: Arc<dyn ApprovalBackend>, b: Arc<dyn ApprovalBackend>) {
+    use super::receipts::{verify, Draft};
+    let r = record(ApprovalStatus::Pending, now());
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let mut draft = Draft::of("asked", &r, now(), "");
+        if i % 4 == 0 {
+            draft.sub = "bob".into();
+        }
+        tasks.push(tokio::spawn(async move {
+            store.append_receipt(draft).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rows = a.receipts(0, 1000, None).await.unwrap();
+    let chain: Vec<_> = rows.into_iter().map(|(_, r)| r.unwrap()).collect();
+    assert_eq!(chain.len(), 40);
+    assert_eq!(verify(&chain), Ok(40));
+    assert!(!serde_json::to_string(&chain).unwrap().contains("auth-req-id-suite"));
+    let bobs = b.receipts(0, 1000, Some("bob")).await.unwrap();
+    assert_eq!(bobs.len(), 10);
+    let page = a.receipts(5, 3, None).await.unwrap();
+    let seqs: Vec<u64> = page.iter().map(|(p, _)| *p).collect();
+    assert_eq!(seqs, vec![6, 7, 8]);
 }
 
 /// Identical calls join the newest unexpired approval of the same route and binding that
@@ -258,9 +292,12 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn the_sqlite_backend_meets_the_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ApprovalStore::open(&dir.path().join("approvals.db")).unwrap();
+    let path = dir.path().join("approvals.db");
+    let store = ApprovalStore::open(&path).unwrap();
     let backend: Arc<dyn ApprovalBackend> = Arc::new(Sqlite(Arc::new(store)));
-    runtime().block_on(contract(backend));
+    let other = ApprovalStore::open(&path).unwrap();
+    let other: Arc<dyn ApprovalBackend> = Arc::new(Sqlite(Arc::new(other)));
+    runtime().block_on(contract(backend, other));
 }
 
 /// A `redis-server` on a free loopback port, killed on drop.
@@ -312,7 +349,9 @@ fn the_redis_backend_meets_the_contract() {
         ca_file: None,
     };
     let metrics = StateMetrics::register(&prometheus::Registry::new());
-    let redis = Redis::open(&spec, metrics).unwrap();
+    let redis = Redis::open(&spec, metrics.clone()).unwrap();
     let backend: Arc<dyn ApprovalBackend> = Arc::new(RedisApprovals::new(redis));
-    runtime().block_on(contract(backend));
+    let replica = Redis::open(&spec, metrics).unwrap();
+    let other: Arc<dyn ApprovalBackend> = Arc::new(RedisApprovals::new(replica));
+    runtime().block_on(contract(backend, other));
 }

@@ -103,6 +103,12 @@ pub struct Approval {
     pub mcp: Option<String>,
     /// Longest one MCP call is held before it is answered (`retry_hint`). Default 50.
     pub round_seconds: Option<u64>,
+    /// Refuse an approval whose token names no `authorization_details` when some were asked
+    /// for (default true).
+    pub require_approved_details: Option<bool>,
+    /// Keep pending and approved approvals when a reload changes the route's policies or
+    /// configuration (default false: they are refused, `approval_invalid`).
+    pub keep_on_policy_change: Option<bool>,
 }
 
 /// `listen: "127.0.0.1:8080"` or the long form with TLS.

@@ -221,6 +221,10 @@ pub struct ApprovalSpec {
     pub mcp_explicit: bool,
     /// Longest one MCP call is held before it is answered (`RetryHint`).
     pub round: Duration,
+    /// Refuse an answer without `authorization_details` when some were asked for.
+    pub require_details: bool,
+    /// Approvals survive a reload that changes the route's revision.
+    pub keep_on_policy_change: bool,
 }
 
 /// How a route gets the token it sends upstream.

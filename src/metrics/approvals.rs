@@ -19,6 +19,8 @@ pub struct ApprovalMetrics {
     rounds: Histogram,
     decision: Histogram,
     cancelled: IntCounter,
+    joined: IntCounterVec,
+    receipts_failed: IntCounter,
 }
 
 /// Counts one pending approval while alive.
@@ -83,7 +85,30 @@ impl ApprovalMetrics {
                 )
                 .expect("metric"),
             ),
+            joined: vec(
+                "portcullis_approvals_joined_total",
+                "Calls that joined an open approval of an identical call instead of asking \
+                 the user again, by mode (sync, async, mcp)",
+                &["mode"],
+            ),
+            receipts_failed: register(
+                registry,
+                IntCounter::new(
+                    "portcullis_approval_receipts_failed_total",
+                    "Approval receipts that could not be appended (the call was refused)",
+                )
+                .expect("metric"),
+            ),
         }
+    }
+
+    /// A call joined an open approval (`sync`, `async`, `mcp`).
+    pub fn joined(&self, mode: &str) {
+        self.joined.with_label_values(&[mode]).inc();
+    }
+
+    pub fn receipt_failed(&self) {
+        self.receipts_failed.inc();
     }
 
     pub fn pending_guard(&self) -> PendingGuard {

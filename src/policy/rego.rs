@@ -38,6 +38,8 @@ pub enum PolicyLoadError {
 pub struct PolicySet {
     engine: Engine,
     files: Vec<PathBuf>,
+    /// SHA-256 (hex) of every module's name and text: the policies' revision.
+    digest: String,
     /// RVM programs by entry point (`data.<package>.decision`).
     programs: HashMap<String, VmProgram>,
     timer: ExecutionTimerConfig,
@@ -93,7 +95,16 @@ fn rego_files(dir: &Path, tests: bool) -> Result<Vec<PathBuf>, PolicyLoadError> 
 
 /// An engine holding every module of `dir` (with `*_test.rego` files when `tests`).
 pub fn engine_for_dir(dir: &Path, tests: bool) -> Result<(Engine, Vec<PathBuf>), PolicyLoadError> {
+    engine_and_digest(dir, tests).map(|(e, f, _)| (e, f))
+}
+
+/// As [`engine_for_dir`], with the SHA-256 (hex) of the modules' names and texts.
+fn engine_and_digest(
+    dir: &Path,
+    tests: bool,
+) -> Result<(Engine, Vec<PathBuf>, String), PolicyLoadError> {
     let files = rego_files(dir, tests)?;
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut engine = Engine::new();
     engine.set_strict_builtin_errors(true);
     for path in &files {
@@ -101,6 +112,11 @@ pub fn engine_for_dir(dir: &Path, tests: bool) -> Result<(Engine, Vec<PathBuf>),
             path: path.clone(),
             err,
         })?;
+        let name = path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b"");
+        for part in [name, text.as_bytes()] {
+            digest.update(&(part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
         engine
             .add_policy(path.display().to_string(), text)
             .map_err(|e| PolicyLoadError::Compile {
@@ -108,7 +124,8 @@ pub fn engine_for_dir(dir: &Path, tests: bool) -> Result<(Engine, Vec<PathBuf>),
                 msg: e.to_string(),
             })?;
     }
-    Ok((engine, files))
+    let digest = crate::state::hex(digest.finish().as_ref());
+    Ok((engine, files, digest))
 }
 
 impl PolicySet {
@@ -128,11 +145,12 @@ impl PolicySet {
             return Ok(PolicySet {
                 engine: Engine::new(),
                 files: Vec::new(),
+                digest: String::new(),
                 programs: HashMap::new(),
                 timer,
             });
         }
-        let (mut engine, files) = engine_for_dir(dir, false)?;
+        let (mut engine, files, digest) = engine_and_digest(dir, false)?;
         engine.set_execution_timer_config(timer);
         let mut programs = HashMap::new();
         let declared = engine
@@ -185,6 +203,7 @@ impl PolicySet {
         Ok(PolicySet {
             engine,
             files,
+            digest,
             programs,
             timer,
         })
@@ -197,6 +216,11 @@ impl PolicySet {
 
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// SHA-256 (hex) of the modules' names and texts: changes with any policy file.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// Evaluate `data.<package>.decision` on `input`.

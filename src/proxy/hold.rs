@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{mcp_hold, progress};
 use crate::approval::cancel::Registration;
-use crate::approval::join::Ask;
+use crate::approval::join::{Ask, Round};
 use crate::approval::store::Binding;
 use crate::approval::{Redeemed, APPROVAL_HEADER, STATUS_PREFIX};
 use crate::auth::Verified;
@@ -137,6 +137,14 @@ pub async fn approve(
 ) -> Result<Approved, Refusal> {
     let who = &verified.identity;
     let iss = who.iss();
+    let ask = Ask {
+        spec,
+        route: &route.name,
+        who,
+        iss,
+        req: request,
+        rev: g.revision(route),
+    };
     if let Some(rpc) = &call.rpc {
         let progress = rpc.progress_token.is_some();
         let mode = match spec.mcp {
@@ -148,13 +156,6 @@ pub async fn approve(
             McpApprovalMode::Auto | McpApprovalMode::Progress => McpApprovalMode::RetryHint,
             m => m,
         };
-        let ask = Ask {
-            spec,
-            route: &route.name,
-            who,
-            iss,
-            req: request,
-        };
         match mode {
             McpApprovalMode::Hold => {}
             McpApprovalMode::Progress => {
@@ -163,9 +164,10 @@ pub async fn approve(
             mode => return mcp_hold::approve(session, g, route, ask, &call, rpc, mode).await,
         }
     }
+    let binding = binding(session, call.path, verified, call.body);
     match spec.mode {
         ApprovalMode::Sync => {
-            let mut held = g.approvals.start_sync(spec, who, iss, request).await?;
+            let mut held = g.approvals.start_sync(&ask, &binding).await?;
             let outcome = tokio::select! {
                 o = held.wait(spec.max_wait) => o,
                 _ = session.read_body_or_idle(true) => {
@@ -178,10 +180,13 @@ pub async fn approve(
                     return Err(Refusal::ApprovalCancelled);
                 }
             };
-            outcome.refusal().map_or(Ok(Approved::Forward), Err)
+            if let Some(refusal) = outcome.refusal() {
+                return Err(refusal);
+            }
+            g.approvals.sync_forward(&held).await?;
+            Ok(Approved::Forward)
         }
         ApprovalMode::Async => {
-            let binding = binding(session, call.path, verified, call.body);
             let presented = session
                 .req_header()
                 .headers
@@ -193,10 +198,19 @@ pub async fn approve(
                     Redeemed::Forward => return Ok(Approved::Forward),
                     Redeemed::StillPending(a) => a,
                 },
+                // An identical call without the id joins the open approval (same id), is
+                // forwarded once it is approved, or gets its refusal replayed.
                 None => {
-                    g.approvals
-                        .start_async(spec, &route.name, who, iss, request, binding)
-                        .await?
+                    let id = g.approvals.join_or_ask(&ask, &binding).await?;
+                    let at_once = std::time::Instant::now();
+                    match g.approvals.wait_round(&id, &binding, at_once, std::future::pending()).await? {
+                        Round::Forward => return Ok(Approved::Forward),
+                        Round::Pending { retry_after, expires_at } => crate::approval::Accepted {
+                            id,
+                            retry_after,
+                            expires_in: expires_at.saturating_sub(crate::auth::now()),
+                        },
+                    }
                 }
             };
             Err(Refusal::ApprovalPending {

@@ -6,6 +6,7 @@
 //! name + digests or random ids: never a token, a user name or another secret.
 
 pub mod approvals;
+pub mod receipts;
 pub mod buckets;
 pub mod tokens;
 

@@ -250,7 +250,7 @@ impl VaultStore {
 
 /// `private_file::open_sqlite`, with this store's errors.
 fn open_sqlite(path: &Path) -> Result<Connection, VaultError> {
-    private_file::open_sqlite(path, SCHEMA, SCHEMA_VERSION).map_err(|e| match e {
+    private_file::open_sqlite(path, SCHEMA, SCHEMA_VERSION, &[]).map_err(|e| match e {
         PrivateFileError::Io(m) => VaultError::Io(m),
         PrivateFileError::Insecure { path, mode } => VaultError::InsecurePermissions { path, mode },
         PrivateFileError::Sqlite(m) => VaultError::Sqlite(m),

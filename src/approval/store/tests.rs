@@ -48,6 +48,8 @@ fn record(id: &str, status: ApprovalStatus) -> ApprovalRecord {
         auth_req_id: Secret::new(AUTH_REQ_ID.to_string()),
         binding_message: "Approve issue creation? W4SCT".to_string(),
         authorization_details: r#"[{"type":"http_request","method":"POST"}]"#.to_string(),
+        scope: "openid".to_string(),
+        policy_rev: "rev".to_string(),
         status,
         interval_secs: 5,
         created_at: NOW,
@@ -454,13 +456,54 @@ fn newer_schema_refused() {
     let (_dir, path) = setup();
     drop(ApprovalStore::open(&path).unwrap());
     let conn = Connection::open(&path).unwrap();
-    conn.pragma_update(None, "user_version", 2).unwrap();
+    conn.pragma_update(None, "user_version", 3).unwrap();
     drop(conn);
     match ApprovalStore::open(&path) {
         Err(ApprovalStoreError::UnsupportedSchema {
-            found: 2,
-            supported: 1,
+            found: 3,
+            supported: 2,
         }) => {}
         other => panic!("expected UnsupportedSchema, got {other:?}"),
     }
+}
+
+/// A version 1 file (before the policy revision, the asked scope and receipts) is migrated:
+/// its rows stay readable, with an empty revision (which no route has: never redeemed).
+#[test]
+fn a_version_1_file_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    {
+        std::fs::File::create(&path).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE approvals (id TEXT PRIMARY KEY NOT NULL, route TEXT NOT NULL,
+                sub TEXT NOT NULL, agent TEXT, method TEXT NOT NULL, target TEXT NOT NULL,
+                body_sha256 BLOB NOT NULL CHECK (length(body_sha256) = 32),
+                auth_req_id TEXT NOT NULL, binding_message TEXT NOT NULL,
+                authorization_details TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN
+                ('pending', 'approved', 'denied', 'expired', 'failed', 'used')),
+                interval_secs INTEGER NOT NULL, created_at INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+             CREATE INDEX approvals_sub_status ON approvals (sub, status);
+             INSERT INTO approvals VALUES ('old', 'github', 'alice', NULL, 'POST', '/x',
+                zeroblob(32), 'rid', 'msg', '[]', 'approved', 5, 1, 2, 1);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = ApprovalStore::open(&path).unwrap();
+    let old = store.get("old").unwrap().unwrap();
+    assert_eq!(old.status, ApprovalStatus::Approved);
+    assert_eq!(old.policy_rev, "");
+    let mut r = record("new", ApprovalStatus::Pending);
+    r.status = ApprovalStatus::Mismatch;
+    store.insert(&r).unwrap();
+    assert_eq!(status(&store, "new"), ApprovalStatus::Mismatch);
+    drop(store);
+    // Opening again is a no-op.
+    let store = ApprovalStore::open(&path).unwrap();
+    assert_eq!(status(&store, "old"), ApprovalStatus::Approved);
 }

@@ -143,6 +143,8 @@ pub fn approval(
         scope: scope.join(" "),
         max_wait: Duration::from_secs(max_wait),
         max_body_bytes,
+        require_details: a.require_approved_details.unwrap_or(true),
+        keep_on_policy_change: a.keep_on_policy_change.unwrap_or(false),
     })
 }
 

@@ -16,6 +16,7 @@ use redis::Script;
 
 use super::Redis;
 use crate::approval::backend::ApprovalBackend;
+use crate::approval::receipts::{Draft, Receipt, Row};
 use crate::approval::store::{ApprovalRecord, ApprovalStatus, Binding, Consume};
 use crate::config::model::ApprovalLimits;
 use crate::policy::Refusal;
@@ -98,7 +99,7 @@ static CONSUME: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local v = redis.call('HMGET', KEYS[1], 'status', 'bind', 'exp')
 if not v[1] then return 'not_found' end
-if v[2] ~= ARGV[1] then return 'mismatch' end
+if v[2] ~= ARGV[1] then return 'other_binding' end
 local s = v[1]
 if (s == 'pending' or s == 'approved') and tonumber(ARGV[2]) >= tonumber(v[3]) then
   redis.call('HSET', KEYS[1], 'status', 'expired', 'updated', ARGV[2])
@@ -172,6 +173,10 @@ struct Stored {
     authorization_details: String,
     created_at: u64,
     expires_at: u64,
+    #[serde(default)]
+    scope: String,
+    #[serde(default)]
+    policy_rev: String,
 }
 
 pub struct RedisApprovals {
@@ -208,6 +213,10 @@ impl RedisApprovals {
     fn join_key(&self, route: &str, b: &Binding) -> String {
         let digest = key_digest(&[route.as_bytes(), binding_digest(b).as_bytes()]);
         self.redis.key(&format!("ap:join:{digest}"))
+    }
+
+    pub(super) fn redis(&self) -> &Redis {
+        &self.redis
     }
 
     fn record_key(&self, id: &str) -> String {
@@ -286,6 +295,8 @@ impl ApprovalBackend for RedisApprovals {
             authorization_details: r.authorization_details.clone(),
             created_at: r.created_at,
             expires_at: r.expires_at,
+            scope: r.scope.clone(),
+            policy_rev: r.policy_rev.clone(),
         };
         let json = serde_json::to_string(&stored).map_err(|e| corrupt(&e.to_string()))?;
         let (key, leases) = (self.record_key(&r.id), self.redis.key("ap:leases"));
@@ -372,6 +383,8 @@ impl ApprovalBackend for RedisApprovals {
             created_at: s.created_at,
             expires_at: s.expires_at,
             updated_at: updated.parse().map_err(|_| corrupt("updated"))?,
+            scope: s.scope,
+            policy_rev: s.policy_rev,
         }))
     }
 
@@ -422,7 +435,8 @@ impl ApprovalBackend for RedisApprovals {
         Ok(match answer.as_str() {
             "consumed" => Consume::Consumed,
             "not_found" => Consume::NotFound,
-            "mismatch" => Consume::Mismatch,
+            "other_binding" => Consume::Mismatch,
+            "mismatch" => Consume::DetailsMismatch,
             "pending" => Consume::Pending,
             "denied" => Consume::Denied,
             "expired" => Consume::Expired,
@@ -474,5 +488,18 @@ impl ApprovalBackend for RedisApprovals {
             }
         }
         Ok(out)
+    }
+
+    async fn append_receipt(&self, draft: Draft) -> Result<Receipt, StateError> {
+        self.append(draft).await
+    }
+
+    async fn receipts(
+        &self,
+        after: u64,
+        limit: usize,
+        sub: Option<&str>,
+    ) -> Result<Vec<Row>, StateError> {
+        self.list(after, limit, sub).await
     }
 }
