@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod cancel;
 pub mod ciba;
+pub mod cli;
 pub mod confirm;
 pub mod join;
 mod limits;
@@ -235,7 +236,13 @@ impl Approvals {
     }
 
     /// What the user is asked to approve, to check their answer against.
-    fn asked(&self, spec: &ApprovalSpec, sub: &str, details: String, scope: String) -> confirm::Asked {
+    fn asked(
+        &self,
+        spec: &ApprovalSpec,
+        sub: &str,
+        details: String,
+        scope: String,
+    ) -> confirm::Asked {
         confirm::Asked {
             sub: sub.to_string(),
             details,

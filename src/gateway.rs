@@ -232,7 +232,10 @@ impl Gateway {
                 .map(|(r, rev)| {
                     let keep = r.approval.as_ref().is_some_and(|a| a.keep_on_policy_change);
                     let rev = rev.clone();
-                    (r.name.to_string(), crate::approval::RouteRevision { rev, keep })
+                    (
+                        r.name.to_string(),
+                        crate::approval::RouteRevision { rev, keep },
+                    )
                 })
                 .collect(),
         );

@@ -1,4 +1,4 @@
-//! `portcullis run|check|policy test`. Plain `fn main`: pingora owns its runtimes.
+//! `portcullis run|check|policy test|vault|receipts`. Plain `fn main`: pingora owns its runtimes.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 
+use portcullis::approval::cli::ReceiptsCommand;
 use portcullis::gateway::Gateway;
 use portcullis::policy::testing;
 use portcullis::vault::cli::VaultCommand;
@@ -50,6 +51,11 @@ enum Command {
     Vault {
         #[command(subcommand)]
         command: VaultCommand,
+    },
+    /// The approval receipts chain: verify it, list receipts.
+    Receipts {
+        #[command(subcommand)]
+        command: ReceiptsCommand,
     },
 }
 
@@ -131,6 +137,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Vault { command } => portcullis::vault::cli::run(command),
+        Command::Receipts { command } => portcullis::approval::cli::run(command),
         Command::Policy {
             command: PolicyCommand::Test { dir },
         } => match testing::run(&dir) {

@@ -95,12 +95,19 @@ pub enum Refusal {
     /// The `Portcullis-Approval` id is unknown, used, or was granted for another request.
     ApprovalInvalid,
     /// The approval was already used by an identical call, at `at` (unix seconds).
-    ApprovalUsed { at: u64 },
+    ApprovalUsed {
+        at: u64,
+    },
     /// The route's policies or configuration changed since the approval was asked for.
-    ApprovalRevised { asked: String, now: String },
+    ApprovalRevised {
+        asked: String,
+        now: String,
+    },
     /// The user's answer does not cover the call (details, scope or user differ); `code` names
     /// what differed.
-    ApprovalMismatch { code: &'static str },
+    ApprovalMismatch {
+        code: &'static str,
+    },
     TooManyApprovals {
         per_user: bool,
     },
@@ -317,7 +324,8 @@ impl Refusal {
 
 /// The first 12 hex digits of a revision, as shown in messages.
 fn short(rev: &str) -> &str {
-    rev.get(..12).unwrap_or(if rev.is_empty() { "(none)" } else { rev })
+    rev.get(..12)
+        .unwrap_or(if rev.is_empty() { "(none)" } else { rev })
 }
 
 impl fmt::Display for Refusal {

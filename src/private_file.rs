@@ -63,7 +63,10 @@ pub fn open_sqlite(
     }
     // `migrations[i]` upgrades a file of version i + 1; a new file (0) gets `schema` alone.
     if found > 0 {
-        for step in migrations.iter().skip(usize::try_from(found - 1).unwrap_or(usize::MAX)) {
+        for step in migrations
+            .iter()
+            .skip(usize::try_from(found - 1).unwrap_or(usize::MAX))
+        {
             tx.execute_batch(step)?;
         }
     }

@@ -11,6 +11,8 @@ mod upstreams;
 mod approval;
 #[path = "e2e/attacks.rs"]
 mod attacks;
+#[path = "e2e/audit.rs"]
+mod audit;
 #[path = "e2e/auth.rs"]
 mod auth;
 #[path = "e2e/bypass.rs"]

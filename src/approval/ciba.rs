@@ -99,7 +99,7 @@ pub async fn poll(client: &TokenClient, auth_req_id: &Secret) -> Poll {
         .call(
             &client.spec.token_endpoint,
             vec![
-            ("grant_type", CIBA_GRANT.to_string()),
+                ("grant_type", CIBA_GRANT.to_string()),
                 ("auth_req_id", auth_req_id.expose().to_string()),
             ],
         )

@@ -74,10 +74,7 @@ impl Asked {
             .cloned()
             .or_else(|| from_token("authorization_details"));
         self.check_details(details)?;
-        let scope = answer
-            .get("scope")
-            .cloned()
-            .or_else(|| from_token("scope"));
+        let scope = answer.get("scope").cloned().or_else(|| from_token("scope"));
         self.check_scope(scope)
     }
 
@@ -111,7 +108,9 @@ impl Asked {
     /// RFC 6749 §5.1: an absent `scope` means the scope asked for.
     fn check_scope(&self, got: Option<Value>) -> Result<(), Mismatch> {
         let Some(got) = got else { return Ok(()) };
-        let got = got.as_str().ok_or_else(|| mismatch("scope", "scope is not a string"))?;
+        let got = got
+            .as_str()
+            .ok_or_else(|| mismatch("scope", "scope is not a string"))?;
         let granted: Vec<&str> = got.split_whitespace().collect();
         let missing: Vec<&str> = self
             .scope
@@ -198,7 +197,9 @@ mod tests {
     }
 
     async fn check(a: &Asked, body: serde_json::Value) -> Result<(), &'static str> {
-        a.check(body.to_string().as_bytes()).await.map_err(|m| m.code)
+        a.check(body.to_string().as_bytes())
+            .await
+            .map_err(|m| m.code)
     }
 
     #[tokio::test]

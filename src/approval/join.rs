@@ -122,6 +122,15 @@ impl Approvals {
     /// calls arriving together in this process wait for the first to ask). An approval asked
     /// for under another revision of the route is not joined: the call asks anew.
     pub async fn join_or_ask(&self, ask: &Ask<'_>, binding: &Binding) -> Result<String, Refusal> {
+        self.join_or_start(ask, binding).await.map(|(id, _)| id)
+    }
+
+    /// As [`Approvals::join_or_ask`]; `Some(accepted)` when this call asked the user.
+    pub async fn join_or_start(
+        &self,
+        ask: &Ask<'_>,
+        binding: &Binding,
+    ) -> Result<(String, Option<super::Accepted>), Refusal> {
         let route = ask.route;
         let store = self.store.clone().ok_or(Refusal::ApprovalFailed)?;
         let key = join_key(route, binding);
@@ -136,9 +145,12 @@ impl Approvals {
                     tracing::info!(approval = %open.id, route, "an identical call joins an open approval");
                     let mode = if binding.method.starts_with("MCP ") { "mcp" } else { "async" };
                     self.metrics.joined(mode);
-                    Ok(open.id)
+                    Ok((open.id, None))
                 }
-                None => Ok(self.start_async(ask, binding.clone()).await?.id),
+                None => {
+                    let accepted = self.start_async(ask, binding.clone()).await?;
+                    Ok((accepted.id.clone(), Some(accepted)))
+                }
             }
         })
         .await
@@ -155,7 +167,8 @@ impl Approvals {
                 .await
                 .map_err(|e| self.store_error(e))?;
             if changed {
-                self.receipt(Draft::of("denied", &r, at, "withdrawn")).await?;
+                self.receipt(Draft::of("denied", &r, at, "withdrawn"))
+                    .await?;
             }
         }
         Ok(())

@@ -79,7 +79,12 @@ impl Drop for Reservation {
 
 impl Approvals {
     /// A slot in the pending limits for `member` (an approval id or a sync hold's id).
-    pub(super) async fn slot(&self, member: &str, sub: &str, expires_at: u64) -> Result<Slot, Refusal> {
+    pub(super) async fn slot(
+        &self,
+        member: &str,
+        sub: &str,
+        expires_at: u64,
+    ) -> Result<Slot, Refusal> {
         match self.store.as_ref().filter(|s| s.shared()) {
             None => self.reserve(sub).map(|r| Slot::Local { _held: r }),
             Some(store) => {

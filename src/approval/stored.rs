@@ -236,14 +236,15 @@ impl Approvals {
     pub(super) async fn settle(&self, record: &ApprovalRecord) -> Result<bool, Refusal> {
         let refused = match record.status {
             ApprovalStatus::Pending if now() < record.expires_at => return Ok(false),
-            ApprovalStatus::Approved => match self.check_revision(&record.route, &record.policy_rev)
-            {
-                Err(r) => r,
-                Ok(()) => match self.consume(record).await? {
-                    None => return Ok(true),
-                    Some(r) => r,
-                },
-            },
+            ApprovalStatus::Approved => {
+                match self.check_revision(&record.route, &record.policy_rev) {
+                    Err(r) => r,
+                    Ok(()) => match self.consume(record).await? {
+                        None => return Ok(true),
+                        Some(r) => r,
+                    },
+                }
+            }
             ApprovalStatus::Pending | ApprovalStatus::Expired => Refusal::ApprovalExpired,
             ApprovalStatus::Denied => Refusal::ApprovalDenied,
             ApprovalStatus::Failed => Refusal::ApprovalFailed,

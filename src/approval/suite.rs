@@ -207,7 +207,9 @@ async fn receipts_chain(a: Arc<dyn ApprovalBackend>, b: Arc<dyn ApprovalBackend>
     let chain: Vec<_> = rows.into_iter().map(|(_, r)| r.unwrap()).collect();
     assert_eq!(chain.len(), 40);
     assert_eq!(verify(&chain), Ok(40));
-    assert!(!serde_json::to_string(&chain).unwrap().contains("auth-req-id-suite"));
+    assert!(!serde_json::to_string(&chain)
+        .unwrap()
+        .contains("auth-req-id-suite"));
     let bobs = b.receipts(0, 1000, Some("bob")).await.unwrap();
     assert_eq!(bobs.len(), 10);
     let page = a.receipts(5, 3, None).await.unwrap();

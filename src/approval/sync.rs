@@ -89,7 +89,10 @@ impl Approvals {
     ) -> Result<Held, Refusal> {
         let open = self.syncs.get(key).and_then(|w| w.upgrade());
         if let Some(shared) = open.filter(|s| s.outcome.borrow().is_none()) {
-            tracing::info!(route = ask.route, "an identical call joins a sync approval hold");
+            tracing::info!(
+                route = ask.route,
+                "an identical call joins a sync approval hold"
+            );
             self.metrics.joined("sync");
             let outcome = shared.outcome.clone();
             let draft = shared.draft.clone();
@@ -101,7 +104,11 @@ impl Approvals {
             });
         }
         let Ask {
-            spec, who, iss, req, ..
+            spec,
+            who,
+            iss,
+            req,
+            ..
         } = *ask;
         let member = format!("sync:{}", uuid::Uuid::new_v4().simple());
         let expires_at = now() + spec.max_wait.as_secs();
@@ -152,8 +159,7 @@ impl Approvals {
                 let mut r = Held::template(&template, outcome.label());
                 r.detail = detail.to_string();
                 // An approval whose receipt cannot be written does not count (fail closed).
-                if append_receipt(store, &metrics, r).await.is_err()
-                    && outcome == Outcome::Approved
+                if append_receipt(store, &metrics, r).await.is_err() && outcome == Outcome::Approved
                 {
                     let _ = tx.send(Some(Outcome::Failed));
                     return;

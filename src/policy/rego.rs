@@ -112,7 +112,10 @@ fn engine_and_digest(
             path: path.clone(),
             err,
         })?;
-        let name = path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b"");
+        let name = path
+            .file_name()
+            .map(|n| n.as_encoded_bytes())
+            .unwrap_or(b"");
         for part in [name, text.as_bytes()] {
             digest.update(&(part.len() as u64).to_be_bytes());
             digest.update(part);

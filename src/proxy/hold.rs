@@ -200,18 +200,27 @@ pub async fn approve(
                 },
                 // An identical call without the id joins the open approval (same id), is
                 // forwarded once it is approved, or gets its refusal replayed.
-                None => {
-                    let id = g.approvals.join_or_ask(&ask, &binding).await?;
-                    let at_once = std::time::Instant::now();
-                    match g.approvals.wait_round(&id, &binding, at_once, std::future::pending()).await? {
-                        Round::Forward => return Ok(Approved::Forward),
-                        Round::Pending { retry_after, expires_at } => crate::approval::Accepted {
-                            id,
-                            retry_after,
-                            expires_in: expires_at.saturating_sub(crate::auth::now()),
-                        },
+                None => match g.approvals.join_or_start(&ask, &binding).await? {
+                    (_, Some(asked)) => asked,
+                    (id, None) => {
+                        let at_once = std::time::Instant::now();
+                        match g
+                            .approvals
+                            .wait_round(&id, &binding, at_once, std::future::pending())
+                            .await?
+                        {
+                            Round::Forward => return Ok(Approved::Forward),
+                            Round::Pending {
+                                retry_after,
+                                expires_at,
+                            } => crate::approval::Accepted {
+                                id,
+                                retry_after,
+                                expires_in: expires_at.saturating_sub(crate::auth::now()),
+                            },
+                        }
                     }
-                }
+                },
             };
             Err(Refusal::ApprovalPending {
                 id: accepted.id,

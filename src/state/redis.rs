@@ -6,8 +6,8 @@
 //! name + digests or random ids: never a token, a user name or another secret.
 
 pub mod approvals;
-pub mod receipts;
 pub mod buckets;
+pub mod receipts;
 pub mod tokens;
 
 use std::future::Future;

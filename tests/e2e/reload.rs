@@ -17,10 +17,10 @@ use crate::support::{
     client, config, parts, read_request, repo, standard_routes, wait_for, Gw, Op, Upstream,
 };
 
-const ADMIN: (&str, &str) = ("PORTCULLIS_TEST_ADMIN", "reload-admin-secret");
+pub(crate) const ADMIN: (&str, &str) = ("PORTCULLIS_TEST_ADMIN", "reload-admin-secret");
 
 /// Replace the gateway's config file (`{port}` and `{admin}` filled in as at start).
-fn rewrite(gw: &Gw, yaml: &str) {
+pub(crate) fn rewrite(gw: &Gw, yaml: &str) {
     let text = yaml
         .replace("{port}", &gw.port.to_string())
         .replace("{admin}", &gw.admin_port.to_string());
@@ -55,7 +55,7 @@ fn generation(gw: &Gw) -> u64 {
 }
 
 /// `POST /admin/reload` with the admin secret.
-fn admin_reload(gw: &Gw) -> (u16, Value) {
+pub(crate) fn admin_reload(gw: &Gw) -> (u16, Value) {
     let r = client()
         .post(format!("{}/admin/reload", gw.admin_url()))
         .bearer_auth(ADMIN.1)
@@ -65,12 +65,12 @@ fn admin_reload(gw: &Gw) -> (u16, Value) {
     (status, r.json().unwrap_or(Value::Null))
 }
 
-fn with_admin_secret(yaml: &str) -> String {
+pub(crate) fn with_admin_secret(yaml: &str) -> String {
     yaml.replace("admin: {", "admin: { token_env: PORTCULLIS_TEST_ADMIN,")
 }
 
 /// A copy of the repository's policies the test may change.
-fn policy_copy() -> tempfile::TempDir {
+pub(crate) fn policy_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(repo().join("policies")).unwrap() {
         let path = entry.unwrap().path();

@@ -202,10 +202,14 @@ fn an_approval_started_on_one_replica_completes_on_another_once() {
         limited_ops, 1.0,
         "a rate-limited request is one Redis round trip"
     );
-    assert_eq!(redeem_ops, 1.0, "redeeming is one atomic script");
     assert_eq!(
-        start_ops, 2.0,
-        "starting: reserve a slot, store record + lease"
+        redeem_ops, 2.0,
+        "redeeming a used approval: read it, append the `refused` receipt"
+    );
+    assert_eq!(
+        start_ops, 4.0,
+        "starting: look for an identical open approval, reserve a slot, store record + \
+         lease, append the `asked` receipt"
     );
     assert_eq!(status_ops, 1.0, "the status URL: one read");
     // Nothing secret in Redis: no bearer token, no user name in a key.

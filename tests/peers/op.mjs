@@ -2,7 +2,8 @@
 // Usage: node op.mjs [port]   (env: PORT, HOST, ISSUER, AUTO_APPROVE_MS, CIBA_INTERVAL,
 //        SLOW_DOWN, SLOW_DOWN_BELOW_MS, DEFAULT_RESOURCE, RESOURCE_SCOPES, RAR_TYPES,
 //        ACCESS_TOKEN_TTL, OP_STORE_SIZE)
-// Test-only hooks: GET /pending, POST /approve/<auth_req_id|latest>, POST /deny/<auth_req_id|latest>,
+// Test-only hooks: GET /pending, POST /approve/<auth_req_id|latest>[?details=<authorization_details
+//   JSON the user approved instead of the ones asked>], POST /deny/<auth_req_id|latest>,
 //   POST /test/token (mint a user access token, see mintToken), GET /test/stats (request counts),
 //   POST /test/rotate (new signing keys; the previous ones stay published until the next rotation),
 //   POST /test/sign {header, payload} (sign any JOSE header with the OP's current RS256 key, so
@@ -174,7 +175,8 @@ async function findRequest(id) {
   return req;
 }
 
-async function approve(id) {
+// `details`: what the user's device approved, when a test makes it differ from what was asked.
+async function approve(id, details) {
   const req = await findRequest(id);
   const grant = new provider.Grant({ clientId: req.clientId, accountId: req.accountId });
   const scopes = req.scope.split(' ');
@@ -183,7 +185,7 @@ async function approve(id) {
   await grant.save();
   const entry = pending.get(req.jti);
   await provider.backchannelResult(req, grant, {
-    rar: entry?.authorization_details, authTime: Math.floor(Date.now() / 1000), amr: ['hwk'],
+    rar: details ?? entry?.authorization_details, authTime: Math.floor(Date.now() / 1000), amr: ['hwk'],
   });
   if (entry) entry.status = 'approved';
   return req.jti;
@@ -336,7 +338,9 @@ http.createServer(async (req, res) => {
   }
   if (req.method === 'POST' && hook) {
     try {
-      const id = await (hook[1] === 'approve' ? approve : deny)(decodeURIComponent(hook[2]));
+      const details = url.searchParams.get('details');
+      const id = await (hook[1] === 'approve' ? approve : deny)(
+        decodeURIComponent(hook[2]), details ? JSON.parse(details) : undefined);
       return send(res, 200, { auth_req_id: id, status: hook[1] === 'approve' ? 'approved' : 'denied' });
     } catch (e) {
       return send(res, e.status || 500, { error: e.message });

@@ -134,4 +134,3 @@ pub struct ApprovalRecord {
     /// When it was last written, unix seconds.
     pub updated_at: u64,
 }
-

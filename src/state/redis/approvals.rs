@@ -183,6 +183,8 @@ pub struct RedisApprovals {
     redis: Arc<Redis>,
     /// This process's lease-holder id (random per start).
     owner: String,
+    /// The receipts chain's head as this process last saw it (`receipts`).
+    head: std::sync::Mutex<Option<String>>,
 }
 
 fn binding_digest(b: &Binding) -> String {
@@ -206,6 +208,7 @@ impl RedisApprovals {
         RedisApprovals {
             redis,
             owner: uuid::Uuid::new_v4().simple().to_string(),
+            head: std::sync::Mutex::new(None),
         }
     }
 
@@ -217,6 +220,16 @@ impl RedisApprovals {
 
     pub(super) fn redis(&self) -> &Redis {
         &self.redis
+    }
+
+    pub(super) fn last_head(&self) -> Option<String> {
+        self.head.lock().ok().and_then(|h| h.clone())
+    }
+
+    pub(super) fn remember_head(&self, head: Option<String>) {
+        if let Ok(mut h) = self.head.lock() {
+            *h = head;
+        }
     }
 
     fn record_key(&self, id: &str) -> String {

@@ -1,7 +1,9 @@
 //! The receipts chain in Redis, one per store, shared by the replicas: `receipts` is a list
 //! of receipt JSON (position `seq - 1`), `receipts:head` the last receipt. An append is a
-//! compare-and-set on the head (one Lua script), retried when another replica appended
-//! first, so concurrent appends are serialised and the chain never forks. Receipts do not
+//! compare-and-set on the head (one Lua script), retried against the head the script returns
+//! when another replica appended first, so concurrent appends are serialised and the chain
+//! never forks. Each replica remembers the head it last saw: an append is one round trip
+//! unless another replica appended since. Receipts do not
 //! expire: export and trim them with your own retention (docs/approvals.md).
 
 use std::sync::LazyLock;
@@ -19,10 +21,10 @@ static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local head = redis.call('GET', KEYS[1]) or ''
-if head ~= ARGV[1] then return 0 end
+if head ~= ARGV[1] then return {'moved', head} end
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[2])
-return 1
+return {'ok'}
 "#,
     )
 });
@@ -33,21 +35,20 @@ impl RedisApprovals {
             self.redis().key("receipts:head"),
             self.redis().key("receipts"),
         );
+        let mut head = self.last_head();
         for _ in 0..MAX_ATTEMPTS {
-            let mut get = redis::cmd("GET");
-            get.arg(&head_key);
-            let head: Option<String> = self.redis().cmd("receipt_head", get).await?;
-            let prev = match &head {
-                Some(text) => Some(serde_json::from_str::<Receipt>(text).map_err(|_| {
-                    StateError::Corrupt("the last receipt is unreadable".into())
-                })?),
-                None => None,
-            };
+            let prev =
+                match head.as_deref() {
+                    None | Some("") => None,
+                    Some(text) => Some(serde_json::from_str::<Receipt>(text).map_err(|_| {
+                        StateError::Corrupt("the last receipt is unreadable".into())
+                    })?),
+                };
             let receipt = draft.clone().chain(prev.as_ref());
-            let text = serde_json::to_string(&receipt)
-                .map_err(|e| StateError::Corrupt(e.to_string()))?;
+            let text =
+                serde_json::to_string(&receipt).map_err(|e| StateError::Corrupt(e.to_string()))?;
             let expected = head.as_deref().unwrap_or("");
-            let done: u8 = self
+            let answer: Vec<String> = self
                 .redis()
                 .script(
                     "receipt_append",
@@ -56,10 +57,16 @@ impl RedisApprovals {
                     &[expected, &text],
                 )
                 .await?;
-            if done == 1 {
-                return Ok(receipt);
+            match answer.as_slice() {
+                [ok] if ok == "ok" => {
+                    self.remember_head(Some(text));
+                    return Ok(receipt);
+                }
+                [_, current] => head = Some(current.clone()),
+                _ => return Err(StateError::Corrupt("receipt append answer".into())),
             }
         }
+        self.remember_head(None);
         Err(StateError::Store(
             "could not append a receipt: the chain head kept moving".into(),
         ))
