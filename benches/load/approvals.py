@@ -11,6 +11,10 @@ the gateway (release build) on loopback, then:
           1 s round (connections closed), N pollers left;
   3. measures RSS and the same latency again while they are pending;
   4. sync: closes every held connection (client disconnect) and checks the holds are released.
+Each hold pays another invoice (identical calls would join one approval).
+LOAD_STATE=redis: async approvals in a redis-server started here (the replicas' setup); the
+report then adds Redis's memory and key count. The IdP's token-endpoint polls per second are
+measured over 10 s while the holds are pending.
 Bounded, loopback only, stops by itself.
 Usage: benches/load/approvals.py [N] [sync|async|mcp]
 """
@@ -99,9 +103,9 @@ async def approve_and_retry(op, port, token, i):
             return time.perf_counter() - approved
 
 
-async def hold(port, token, body, opened):
+async def hold(port, token, body, opened, i):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write((f"POST /invoices/finance/INV-7/pay HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+    writer.write((f"POST /invoices/finance/INV-{i}/pay HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
                   f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n{body}").encode())
     await writer.drain()
     if MODE == "async":
@@ -122,7 +126,7 @@ async def open_holds(port, token, n):
             if MODE == "mcp":
                 await hold_mcp(port, token, i)
             else:
-                await hold(port, token, body, opened)
+                await hold(port, token, body, opened, i)
 
     await asyncio.gather(*(one(i) for i in range(n)))
     return opened
@@ -144,13 +148,24 @@ def main():
         procs.append(subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts/demo_upstream.py"), str(up_port)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait(f"{op}/jwks")
+        state = ""
+        redis_port = None
+        if os.environ.get("LOAD_STATE") == "redis":
+            redis_port = free_port()
+            redis_proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port),
+                                           "--save", "", "--appendonly", "no"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(redis_proc)
+            time.sleep(0.5)
+            state = f'state: {{ backend: redis, redis: {{ url: "redis://127.0.0.1:{redis_port}/0" }} }}\n'
+        store = "" if redis_port else f"store: {work}/approvals.db, "
         cfg = f"""version: 1
 listen: "127.0.0.1:{gw_port}"
 admin: {{ listen: "127.0.0.1:{admin_port}" }}
 server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1 }}
 policies: {{ dir: "{ROOT}/policies" }}
-approvals: {{ store: {work}/approvals.db, max_pending: {N * 2}, max_pending_per_user: {N * 2} }}
-issuers:
+approvals: {{ {store}max_pending: {N * 2}, max_pending_per_user: {N * 2} }}
+{state}issuers:
   - name: corp
     issuer: "{op}"
     jwks_uri: "{op}/jwks"
@@ -203,6 +218,19 @@ routes:
         pending = metric(admin, "portcullis_approvals_pending")
         during = {"pending": int(pending), "rss_kib": rss_kib(gw.pid), **latencies(base, token),
                   "seconds_to_open": round(time.time() - started, 1)}
+        _, stats = http("GET", f"{op}/test/stats")
+        polls_before, t0 = json.loads(stats)["token"], time.time()
+        time.sleep(10)
+        _, stats = http("GET", f"{op}/test/stats")
+        during["idp_token_requests_per_s"] = round((json.loads(stats)["token"] - polls_before) / (time.time() - t0), 1)
+        if redis_port:
+            info = subprocess.run(["redis-cli", "-p", str(redis_port), "info", "memory"],
+                                  capture_output=True, text=True).stdout
+            used = next(int(l.split(":")[1]) for l in info.splitlines() if l.startswith("used_memory:"))
+            keys = subprocess.run(["redis-cli", "-p", str(redis_port), "dbsize"], capture_output=True, text=True).stdout
+            redis_pid = redis_proc.pid
+            during["redis"] = {"used_memory_mib": round(used / 1048576, 1), "keys": int(keys.strip()),
+                               "rss_mib": round(rss_kib(redis_pid) / 1024, 1)}
         if MODE == "mcp":
             waits = sorted(loop.run_until_complete(approve_and_retry(op, gw_port, mcp_token, i))
                            for i in range(min(N, 20)))
@@ -218,6 +246,7 @@ routes:
         after = {"pending": int(metric(admin, "portcullis_approvals_pending")), "rss_kib": rss_kib(gw.pid)}
         result = {
             "mode": MODE,
+            "state": "redis" if redis_port else "embedded",
             "holds": N,
             "before": before,
             "during": during,

@@ -202,9 +202,10 @@ fn an_approval_started_on_one_replica_completes_on_another_once() {
         limited_ops, 1.0,
         "a rate-limited request is one Redis round trip"
     );
-    assert_eq!(
-        redeem_ops, 2.0,
-        "redeeming a used approval: read it, append the `refused` receipt"
+    assert!(
+        (2.0..=3.0).contains(&redeem_ops),
+        "redeeming a used approval: read it, append the `refused` receipt (one more script \
+         when another replica appended a receipt since this one did): {redeem_ops}"
     );
     assert_eq!(
         start_ops, 4.0,
@@ -212,6 +213,23 @@ fn an_approval_started_on_one_replica_completes_on_another_once() {
          lease, append the `asked` receipt"
     );
     assert_eq!(status_ops, 1.0, "the status URL: one read");
+    // Both replicas appended to one receipts chain, without a fork.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["receipts", "verify", "--config"])
+        .arg(a.dir.path().join("portcullis.yaml"))
+        .envs([SECRET, CACHE_KEY])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let receipts: u64 = text
+        .split("OK, ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // asked, approved, forwarded, refused (the losing retry), refused (the measured redeem).
+    assert!(receipts >= 5, "{text}");
     // Nothing secret in Redis: no bearer token, no user name in a key.
     let dump = redis.dump();
     assert!(!dump.contains(&token));
@@ -482,10 +500,8 @@ fn redis_down_fails_closed_only_where_needed_and_recovers() {
     let m = gw.metrics();
     assert!(m.contains("portcullis_state_backend_up 0"), "{m}");
     assert!(
-        metric(
-            &m,
-            r#"portcullis_state_errors_total{op="approval_reserve"}"#
-        ) >= 1
+        metric(&m, r#"portcullis_state_errors_total{op="approval_join"}"#) >= 1,
+        "a new approval first looks for an identical open one: {m}"
     );
     assert!(
         metric(
