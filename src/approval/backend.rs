@@ -47,6 +47,43 @@ pub trait ApprovalBackend: Send + Sync {
         now: u64,
     ) -> Result<Option<ApprovalRecord>, StateError>;
 
+    /// The approval identical calls join ([`ApprovalBackend::find_latest`]), else the right
+    /// to ask the user for them, held for `ttl` or until the new approval is stored: other
+    /// replicas' identical calls see [`OpenOrClaim::Busy`] and wait for it. Embedded: no
+    /// other process asks, so no claim is kept.
+    async fn open_or_claim(
+        &self,
+        route: &str,
+        b: &Binding,
+        now: u64,
+        ttl: Duration,
+    ) -> Result<OpenOrClaim, StateError> {
+        let _ = ttl;
+        Ok(match self.find_latest(route, b, now).await? {
+            Some(r) => OpenOrClaim::Open(r),
+            None => OpenOrClaim::Claimed,
+        })
+    }
+
+    /// Claim over approval `id`, found open but not to be joined (asked under another policy
+    /// revision): false when the join key changed meanwhile (look again).
+    async fn claim_over(
+        &self,
+        route: &str,
+        b: &Binding,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError> {
+        let _ = (route, b, id, ttl);
+        Ok(true)
+    }
+
+    /// Give a claim up (asking the user failed).
+    async fn unclaim(&self, route: &str, b: &Binding) -> Result<(), StateError> {
+        let _ = (route, b);
+        Ok(())
+    }
+
     /// `Pending` → `to` (compare-and-swap); releases the record's slot and lease.
     async fn finish(
         &self,
@@ -80,6 +117,17 @@ pub trait ApprovalBackend: Send + Sync {
         limit: usize,
         sub: Option<&str>,
     ) -> Result<Vec<Row>, StateError>;
+}
+
+/// What [`ApprovalBackend::open_or_claim`] found.
+#[derive(Debug)]
+pub enum OpenOrClaim {
+    /// An approval identical calls join.
+    Open(ApprovalRecord),
+    /// This call asks the user.
+    Claimed,
+    /// Another replica is asking the user right now.
+    Busy,
 }
 
 /// The embedded backend: the SQLite store (one process; limits are counted in memory).

@@ -155,6 +155,7 @@ mod tests {
             round: Duration::from_secs(50),
             require_details: true,
             keep_on_policy_change: false,
+            replay: Duration::from_secs(60),
         };
         let req = ApprovalRequest {
             binding_message: "Pay INV-1 5000 EUR".into(),

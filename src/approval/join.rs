@@ -1,10 +1,11 @@
 //! One approval for identical calls. An MCP call that needs approval is bound to the caller,
 //! the route, the tool and a digest of its arguments; a call with the same binding while that
-//! approval lives (until its expiry; a failed one is not joined) joins it instead of asking
-//! the user again. Each call waits at most one round; the call that finds the approval
-//! approved consumes it (single use, atomic in the store) and is forwarded, exactly once;
-//! later identical calls get `approval_invalid` (used), and after a denial the same refusal,
-//! until the approval expires.
+//! approval lives (until its expiry and `replay_seconds` after; a failed one is not joined)
+//! joins it instead of asking the user again. Each call waits at most one round; the call
+//! that finds the approval approved consumes it (single use, atomic in the store) and is
+//! forwarded, exactly once; later identical calls get `approval_invalid` (used), and after a
+//! denial or expiry the same refusal, until `replay_seconds` after the approval expired.
+//! HTTP calls (sync holds aside) use the same join.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::backend::OpenOrClaim;
 use super::receipts::Draft;
 use super::store::{ApprovalStatus, Binding};
 use super::Approvals;
@@ -22,6 +24,11 @@ use crate::policy::{ApprovalRequest, Refusal};
 
 /// How often a waiting call looks at the approval's status (any replica may be polling it).
 const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How long a replica's claim to ask the user for a binding lasts (the backchannel request's
+/// time-out is well within it); identical calls on other replicas wait at most this long.
+const CLAIM_TTL: Duration = Duration::from_secs(15);
+/// How often a call waiting for another replica's claim looks again.
+const CLAIM_POLL: Duration = Duration::from_millis(100);
 
 /// An MCP call as an approval binds it: method (`tools/call`, `prompts/get`,
 /// `resources/read`), name (tool, prompt or resource URI) and arguments.
@@ -135,22 +142,45 @@ impl Approvals {
         let store = self.store.clone().ok_or(Refusal::ApprovalFailed)?;
         let key = join_key(route, binding);
         self.one_at_a_time(&key, async {
-            let found = store
-                .find_latest(route, binding, now())
-                .await
-                .map_err(|e| self.store_error(e))?
-                .filter(|open| self.check_revision(route, &open.policy_rev).is_ok());
-            match found {
-                Some(open) => {
-                    tracing::info!(approval = %open.id, route, "an identical call joins an open approval");
-                    let mode = if binding.method.starts_with("MCP ") { "mcp" } else { "async" };
-                    self.metrics.joined(mode);
-                    Ok((open.id, None))
+            let since = now().saturating_sub(ask.spec.replay.as_secs());
+            let give_up = Instant::now() + CLAIM_TTL;
+            loop {
+                let found = store
+                    .open_or_claim(route, binding, since, CLAIM_TTL)
+                    .await
+                    .map_err(|e| self.store_error(e))?;
+                let claimed = match found {
+                    OpenOrClaim::Open(open)
+                        if self.check_revision(route, &open.policy_rev).is_ok() =>
+                    {
+                        tracing::info!(approval = %open.id, route, "an identical call joins an open approval");
+                        let mode = if binding.method.starts_with("MCP ") { "mcp" } else { "async" };
+                        self.metrics.joined(mode);
+                        return Ok((open.id, None));
+                    }
+                    // Asked under another revision of the route: ask anew.
+                    OpenOrClaim::Open(stale) => store
+                        .claim_over(route, binding, &stale.id, CLAIM_TTL)
+                        .await
+                        .map_err(|e| self.store_error(e))?,
+                    OpenOrClaim::Claimed => true,
+                    OpenOrClaim::Busy => false,
+                };
+                // Another replica is asking the user for an identical call: wait for its
+                // approval (or for its claim to lapse, if it died).
+                if !claimed && Instant::now() < give_up {
+                    tokio::time::sleep(CLAIM_POLL).await;
+                    continue;
                 }
-                None => {
-                    let accepted = self.start_async(ask, binding.clone()).await?;
-                    Ok((accepted.id.clone(), Some(accepted)))
-                }
+                return match self.start_async(ask, binding.clone()).await {
+                    Ok(accepted) => Ok((accepted.id.clone(), Some(accepted))),
+                    Err(refusal) => {
+                        if claimed {
+                            let _ = store.unclaim(route, binding).await;
+                        }
+                        Err(refusal)
+                    }
+                };
             }
         })
         .await

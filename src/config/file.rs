@@ -109,6 +109,9 @@ pub struct Approval {
     /// Keep pending and approved approvals when a reload changes the route's policies or
     /// configuration (default false: they are refused, `approval_invalid`).
     pub keep_on_policy_change: Option<bool>,
+    /// How long after an approval expires an identical call still gets its outcome (denied,
+    /// used, expired) instead of asking the user again. Default 60, at most 86400.
+    pub replay_seconds: Option<u64>,
 }
 
 /// `listen: "127.0.0.1:8080"` or the long form with TLS.

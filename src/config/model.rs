@@ -225,6 +225,8 @@ pub struct ApprovalSpec {
     pub require_details: bool,
     /// Approvals survive a reload that changes the route's revision.
     pub keep_on_policy_change: bool,
+    /// After expiry, identical calls still get the approval's outcome for this long.
+    pub replay: Duration,
 }
 
 /// How a route gets the token it sends upstream.

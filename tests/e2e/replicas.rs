@@ -208,9 +208,9 @@ fn an_approval_started_on_one_replica_completes_on_another_once() {
          when another replica appended a receipt since this one did): {redeem_ops}"
     );
     assert_eq!(
-        start_ops, 4.0,
-        "starting: look for an identical open approval, reserve a slot, store record + \
-         lease, append the `asked` receipt"
+        start_ops, 5.0,
+        "starting: look for an identical open approval, claim the asking (other replicas' \
+         identical calls wait), reserve a slot, store record + lease, append the `asked` receipt"
     );
     assert_eq!(status_ops, 1.0, "the status URL: one read");
     // Both replicas appended to one receipts chain, without a fork.
@@ -533,4 +533,54 @@ fn redis_down_fails_closed_only_where_needed_and_recovers() {
     assert_eq!(ready.status(), 200);
     assert_eq!(ready.json::<Value>().unwrap()["degraded"], false);
     assert!(gw.metrics().contains("portcullis_state_backend_up 1"));
+}
+
+#[test]
+fn identical_calls_on_two_replicas_at_once_ask_the_user_once() {
+    let Some(redis) =
+        redis_or_skip("replicas::identical_calls_on_two_replicas_at_once_ask_the_user_once")
+    else {
+        return;
+    };
+    let (op, up) = (op(), Upstream::start());
+    let yaml = yaml(&op, &up, &redis, "{ per_second: 100, burst: 100 }");
+    let (a, b) = (replica(&yaml), replica(&yaml));
+    let token = op.alice();
+    for round in 0..3 {
+        let amount = 5000 + round;
+        let barrier = Arc::new(Barrier::new(4));
+        let calls: Vec<_> = [&a, &b, &a, &b]
+            .iter()
+            .map(|gw| {
+                let url = gw.url("/invoices/finance/INV-7/pay");
+                let (barrier, token) = (barrier.clone(), token.clone());
+                thread::spawn(move || {
+                    let req = client()
+                        .post(url)
+                        .bearer_auth(token)
+                        .json(&json!({"amount": amount, "currency": "EUR"}));
+                    barrier.wait();
+                    let r = req.send().unwrap();
+                    assert_eq!(r.status(), 202);
+                    r.json::<Value>().unwrap()["approval_id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+            })
+            .collect();
+        let ids: Vec<String> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+        assert!(ids.iter().all(|id| *id == ids[0]), "one approval: {ids:?}");
+        let asked = op
+            .pending(false)
+            .into_iter()
+            .filter(|p| {
+                p["binding_message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(&amount.to_string()))
+            })
+            .count();
+        assert_eq!(asked, 1, "the user is asked once (round {round})");
+    }
+    assert!(up.requests().is_empty());
 }

@@ -132,7 +132,15 @@ pub fn approval(
             format!("must be between 1 and max_wait_seconds ({max_wait})"),
         ));
     }
+    let replay = a.replay_seconds.unwrap_or(60);
+    if replay > 86_400 {
+        return Err(src.error(
+            &format!("{at}.replay_seconds"),
+            "must be at most 86400 (a day: how long finished approvals are kept)",
+        ));
+    }
     Ok(ApprovalSpec {
+        replay: Duration::from_secs(replay),
         mcp: mcp.unwrap_or(McpApprovalMode::Auto),
         mcp_explicit: mcp.is_some(),
         round: Duration::from_secs(round),

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::Redis;
-use crate::approval::backend::ApprovalBackend;
+use crate::approval::backend::{ApprovalBackend, OpenOrClaim};
 use crate::approval::receipts::{Draft, Receipt, Row};
 use crate::approval::store::{ApprovalRecord, ApprovalStatus, Binding, Consume};
 use crate::config::model::ApprovalLimits;
@@ -64,8 +64,30 @@ redis.call('HSET', KEYS[1], 'rec', ARGV[2], 'status', 'pending', 'interval', ARG
 redis.call('EXPIREAT', KEYS[1], ARGV[9])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[8]), ARGV[1])
 redis.call('SET', KEYS[3], ARGV[1])
-redis.call('EXPIREAT', KEYS[3], ARGV[6])
+redis.call('EXPIREAT', KEYS[3], ARGV[9])
 return 1
+"#,
+    )
+});
+
+/// The join key: claim it when it is empty or still holds `ARGV[1]` (the id the caller saw;
+/// empty: none), for `ARGV[3]` ms.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local v = redis.call('GET', KEYS[1]) or ''
+if v ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"#,
+    )
+});
+
+static UNCLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
 "#,
     )
 });
@@ -232,6 +254,27 @@ impl RedisApprovals {
         }
     }
 
+    /// The value of a claim by this process (not a plausible approval id: never looked up).
+    fn claim_value(&self) -> String {
+        format!("claim:{}", self.owner)
+    }
+
+    async fn claim(
+        &self,
+        route: &str,
+        b: &Binding,
+        seen: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError> {
+        let key = self.join_key(route, b);
+        let (value, ttl) = (self.claim_value(), ttl.as_millis().max(1).to_string());
+        let claimed: u8 = self
+            .redis
+            .script("approval_claim", &CLAIM, &[&key], &[seen, &value, &ttl])
+            .await?;
+        Ok(claimed == 1)
+    }
+
     fn record_key(&self, id: &str) -> String {
         self.redis.key(&format!("ap:{id}"))
     }
@@ -353,6 +396,55 @@ impl ApprovalBackend for RedisApprovals {
                 && r.status != ApprovalStatus::Failed
         });
         Ok(found)
+    }
+
+    async fn open_or_claim(
+        &self,
+        route: &str,
+        b: &Binding,
+        now: u64,
+        ttl: Duration,
+    ) -> Result<OpenOrClaim, StateError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.join_key(route, b));
+        let seen: Option<String> = self.redis.cmd("approval_join", cmd).await?;
+        let seen = seen.unwrap_or_default();
+        if seen.starts_with("claim:") {
+            return Ok(OpenOrClaim::Busy);
+        }
+        if !seen.is_empty() {
+            let open = self.get(&seen).await?.filter(|r| {
+                r.route == route
+                    && r.binding == *b
+                    && r.expires_at > now
+                    && r.status != ApprovalStatus::Failed
+            });
+            if let Some(r) = open {
+                return Ok(OpenOrClaim::Open(r));
+            }
+        }
+        Ok(match self.claim(route, b, &seen, ttl).await? {
+            true => OpenOrClaim::Claimed,
+            false => OpenOrClaim::Busy,
+        })
+    }
+
+    async fn claim_over(
+        &self,
+        route: &str,
+        b: &Binding,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError> {
+        self.claim(route, b, id, ttl).await
+    }
+
+    async fn unclaim(&self, route: &str, b: &Binding) -> Result<(), StateError> {
+        let key = self.join_key(route, b);
+        let value = self.claim_value();
+        self.redis
+            .script::<()>("approval_unclaim", &UNCLAIM, &[&key], &[&value])
+            .await
     }
 
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StateError> {
