@@ -60,7 +60,7 @@ pub trait ApprovalBackend: Send + Sync {
     ) -> Result<OpenOrClaim, StateError> {
         let _ = ttl;
         Ok(match self.find_latest(route, b, now).await? {
-            Some(r) => OpenOrClaim::Open(r),
+            Some(r) => OpenOrClaim::Open(Box::new(r)),
             None => OpenOrClaim::Claimed,
         })
     }
@@ -123,7 +123,7 @@ pub trait ApprovalBackend: Send + Sync {
 #[derive(Debug)]
 pub enum OpenOrClaim {
     /// An approval identical calls join.
-    Open(ApprovalRecord),
+    Open(Box<ApprovalRecord>),
     /// This call asks the user.
     Claimed,
     /// Another replica is asking the user right now.

@@ -420,7 +420,7 @@ impl ApprovalBackend for RedisApprovals {
                     && r.status != ApprovalStatus::Failed
             });
             if let Some(r) = open {
-                return Ok(OpenOrClaim::Open(r));
+                return Ok(OpenOrClaim::Open(Box::new(r)));
             }
         }
         Ok(match self.claim(route, b, &seen, ttl).await? {
