@@ -69,12 +69,14 @@ impl Approvals {
             .await
             .map_err(|e| self.store_error(e))?;
         reservation.stored();
-        self.receipt(Draft::of("asked", &record, now, "")).await?;
         let poll = PollSpec {
             client: spec.client,
             require_details: spec.require_details,
         };
         self.spawn_async_poller(poll, record.clone(), reservation);
+        // Stored and polled: without its receipt the call is refused (503), and an identical
+        // retry joins this approval.
+        self.receipt(Draft::of("asked", &record, now, "")).await?;
         Ok(Accepted {
             id: record.id,
             retry_after: interval,

@@ -43,6 +43,37 @@ fn events(gw: &Gw) -> Vec<String> {
         .collect()
 }
 
+/// The OP (1 s CIBA interval), an upstream and an approval store file.
+struct Stack {
+    op: Op,
+    up: Upstream,
+    dir: tempfile::TempDir,
+    store: std::path::PathBuf,
+}
+
+impl Stack {
+    fn new() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("approvals.db");
+        Stack {
+            op: op(),
+            up: Upstream::start(),
+            dir,
+            store,
+        }
+    }
+}
+
+/// The invoices route with approval settings `extra`, on `store`.
+fn start(op: &Op, up: &Upstream, extra: &str, store: &Path) -> Gw {
+    let backchannel = format!("{}/backchannel", op.url());
+    Gw::start_env(
+        &yaml(op, up, &backchannel, extra, Some(store)),
+        true,
+        &[SECRET],
+    )
+}
+
 /// The OP's CIBA requests so far (pending or answered).
 fn asked(op: &Op) -> usize {
     op.pending(true).len()
@@ -50,16 +81,13 @@ fn asked(op: &Op) -> usize {
 
 #[test]
 fn altered_details_are_refused_and_every_decision_leaves_a_verifiable_receipt() {
-    let op = op();
-    let up = Upstream::start();
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("approvals.db");
-    let backchannel = format!("{}/backchannel", op.url());
-    let gw = Gw::start_env(
-        &yaml(&op, &up, &backchannel, "", Some(&store)),
-        true,
-        &[SECRET],
-    );
+    let Stack {
+        op,
+        up,
+        dir: _dir,
+        store,
+    } = Stack::new();
+    let gw = start(&op, &up, "", &store);
     let token = op.alice();
 
     // The user's device approves other details (a tenfold amount): refused, nothing sent.
@@ -147,16 +175,13 @@ fn altered_details_are_refused_and_every_decision_leaves_a_verifiable_receipt() 
 
 #[test]
 fn identical_calls_ask_the_user_once() {
-    let op = op();
-    let up = Upstream::start();
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("approvals.db");
-    let backchannel = format!("{}/backchannel", op.url());
-    let gw = Gw::start_env(
-        &yaml(&op, &up, &backchannel, "", Some(&store)),
-        true,
-        &[SECRET],
-    );
+    let Stack {
+        op,
+        up,
+        dir: _dir,
+        store,
+    } = Stack::new();
+    let gw = start(&op, &up, "", &store);
     let token = op.alice();
     let before = asked(&op);
 
@@ -190,8 +215,7 @@ fn identical_calls_ask_the_user_once() {
 
     // Async: an identical call without the id gets the same approval (and the user is not
     // asked again); after approval it runs once; a third identical call learns it was used.
-    let yaml = yaml(&op, &up, &backchannel, ", mode: async", Some(&store));
-    let gw = Gw::start_env(&yaml, true, &[SECRET]);
+    let gw = start(&op, &up, ", mode: async", &store);
     let before = asked(&op);
     let first: Value = pay(&gw, &token, 7000, None).json().unwrap();
     let second: Value = pay(&gw, &token, 7000, None).json().unwrap();
@@ -258,10 +282,12 @@ fn touch_policy(policies: &Path, n: u32) {
 
 #[test]
 fn an_approval_does_not_survive_a_change_of_the_routes_policy() {
-    let op = op();
-    let up = Upstream::start();
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("approvals.db");
+    let Stack {
+        op,
+        up,
+        dir: _dir,
+        store,
+    } = Stack::new();
     let policies = policy_copy();
     let yaml = reloadable(&op, &up, ", mode: async", &store, policies.path());
     let gw = Gw::start_env(&yaml, true, &[SECRET, ADMIN]);
