@@ -301,18 +301,39 @@ impl Gateway {
         verified: &Verified,
         request: RequestInfo<'_>,
     ) -> Result<Decision, String> {
+        match self.policy_input(route_index, verified, request) {
+            None => Ok(Decision::Allow),
+            Some(doc) => self.decide_input(route_index, doc),
+        }
+    }
+
+    /// The policy input document for a request on route `route_index`; `None`: the route has
+    /// no policy.
+    pub fn policy_input(
+        &self,
+        route_index: usize,
+        verified: &Verified,
+        request: RequestInfo<'_>,
+    ) -> Option<regorus::Value> {
         let route = &self.config.routes[route_index];
+        self.entrypoints[route_index].as_ref()?;
+        Some(input::build(
+            &route.name,
+            request,
+            &verified.subject,
+            self.credential_inputs[route_index].as_ref(),
+        ))
+    }
+
+    /// Evaluate route `route_index`'s policy on an input document (`Allow` without a policy).
+    pub fn decide_input(
+        &self,
+        route_index: usize,
+        doc: regorus::Value,
+    ) -> Result<Decision, String> {
         match &self.entrypoints[route_index] {
             None => Ok(Decision::Allow),
-            Some(entry) => {
-                let doc = input::build(
-                    &route.name,
-                    request,
-                    &verified.subject,
-                    self.credential_inputs[route_index].as_ref(),
-                );
-                self.policies.decide(entry, doc)
-            }
+            Some(entry) => self.policies.decide(entry, doc),
         }
     }
 

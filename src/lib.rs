@@ -12,6 +12,7 @@ pub mod canon;
 pub mod claims;
 pub mod config;
 pub mod credentials;
+pub mod explain;
 pub mod gateway;
 pub mod mcp;
 pub mod metrics;

@@ -1,4 +1,4 @@
-//! `portcullis run|check|policy test|vault|receipts`. Plain `fn main`: pingora owns its runtimes.
+//! `portcullis run|check|explain|policy test|vault|receipts`. Plain `fn main`: pingora owns its runtimes.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -52,11 +52,103 @@ enum Command {
         #[command(subcommand)]
         command: VaultCommand,
     },
+    /// Why would the gateway answer this request as it does? Route, identity, scopes, the
+    /// policy input and decision, and what happens next. No network unless --fetch-jwks.
+    /// Exit 0: forwarded (perhaps once approved); 1: refused; 2: error.
+    Explain(ExplainArgs),
     /// The approval receipts chain: verify it, list receipts.
     Receipts {
         #[command(subcommand)]
         command: ReceiptsCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Explain for this route instead of the one the request matches.
+    #[arg(long)]
+    route: Option<String>,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// The request target: path and query (`/invoices/finance/INV-1?x=1`).
+    #[arg(long)]
+    path: String,
+    #[arg(long, default_value = "localhost")]
+    host: String,
+    /// A request header, `name: value` (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// The body: text, or `@file`.
+    #[arg(long)]
+    body: Option<String>,
+    /// The bearer token: text, or `@file`.
+    #[arg(long, conflicts_with = "claims")]
+    token: Option<String>,
+    /// Instead of a token: its claims as JSON, text or `@file` (taken as verified).
+    #[arg(long)]
+    claims: Option<String>,
+    /// Fetch the issuer's JWKS to verify the token (the only network call).
+    #[arg(long)]
+    fetch_jwks: bool,
+}
+
+/// `text` or the contents of `@file`.
+fn text_or_file(value: &str) -> Result<Vec<u8>, String> {
+    match value.strip_prefix('@') {
+        Some(path) => std::fs::read(path).map_err(|e| format!("{path}: {e}")),
+        None => Ok(value.as_bytes().to_vec()),
+    }
+}
+
+fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
+    use portcullis::explain::{Caller, Request};
+    let g = Gateway::check(&args.config).map_err(|e| e.to_string())?;
+    let caller = match (&args.token, &args.claims) {
+        (Some(t), _) => {
+            let t = String::from_utf8(text_or_file(t)?).map_err(|e| e.to_string())?;
+            Some(Caller::Token(t.trim().to_string()))
+        }
+        (None, Some(c)) => Some(Caller::Claims(
+            serde_json::from_slice(&text_or_file(c)?)
+                .map_err(|e| format!("--claims: not a JSON object: {e}"))?,
+        )),
+        (None, None) => None,
+    };
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("--header '{h}': expected 'name: value'"))?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let req = Request {
+        method: args.method,
+        target: args.path,
+        host: args.host,
+        headers,
+        body: args
+            .body
+            .as_deref()
+            .map(text_or_file)
+            .transpose()?
+            .unwrap_or_default(),
+        caller,
+        fetch_jwks: args.fetch_jwks,
+        route: args.route,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let explained = runtime.block_on(portcullis::explain::explain(&g, &req));
+    print!("{}", explained.text);
+    Ok(if explained.forwarded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[derive(Subcommand)]
@@ -138,6 +230,10 @@ fn main() -> ExitCode {
         }
         Command::Vault { command } => portcullis::vault::cli::run(command),
         Command::Receipts { command } => portcullis::approval::cli::run(command),
+        Command::Explain(args) => explain(args).unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }),
         Command::Policy {
             command: PolicyCommand::Test { dir },
         } => match testing::run(&dir) {

@@ -21,6 +21,8 @@ mod bypass;
 mod cli;
 #[path = "e2e/credentials.rs"]
 mod credentials;
+#[path = "e2e/explain.rs"]
+mod explain;
 #[path = "e2e/fakes.rs"]
 mod fakes;
 #[path = "e2e/faults.rs"]
