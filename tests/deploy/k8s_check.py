@@ -358,11 +358,18 @@ def check_redis(docs, gateway_secret_keys, example):
     netpol = one(docs, "NetworkPolicy", "portcullis-redis").get("spec", {})
     expect(subset(netpol.get("podSelector", {}).get("matchLabels", {}), pod_labels),
            "NetworkPolicy/portcullis-redis does not select the Redis pod")
+    gateway = one(docs, "Deployment", "portcullis")
+    gateway_labels = gateway.get("spec", {}).get("template", {}).get("metadata", {})
+    peers = [p.get("podSelector", {}).get("matchLabels", {})
+             for rule in netpol.get("ingress", []) for p in rule.get("from", [])]
+    expect(peers and all(subset(p, gateway_labels.get("labels", {})) for p in peers),
+           "NetworkPolicy/portcullis-redis does not admit exactly the gateway pods")
     keys = set(gateway_secret_keys)
     for c in pod.get("containers", []):
-        keys |= {ref for _, ref in secret_env(c).values()}
-    names = {v[0] for v in secret_env(pod["containers"][0]).values()}
-    expect(names <= {"portcullis"}, f"Redis reads Secrets {names}")
+        refs = secret_env(c).values()
+        keys |= {ref for _, ref in refs}
+        names = {name for name, _ in refs}
+        expect(names <= {"portcullis"}, f"Redis reads Secrets {names}")
     return keys
 
 
