@@ -278,7 +278,8 @@ impl Approvals {
         let client = &self.clients[spec.client];
         let hint = ciba::login_hint(spec.login_hint, iss, &who.sub);
         let params = ciba::params(spec, req, hint);
-        ciba::start(client, &spec.backchannel_endpoint, params)
+        let span = crate::telemetry::span("ciba start");
+        tracing::Instrument::instrument(ciba::start(client, &spec.backchannel_endpoint, params), span)
             .await
             .map_err(|e| {
                 self.metrics.finished("start", "failed");

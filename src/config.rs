@@ -4,6 +4,7 @@
 pub mod file;
 mod locate;
 pub mod model;
+pub mod telemetry;
 mod validate;
 
 use std::fmt;

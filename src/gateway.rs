@@ -303,7 +303,10 @@ impl Gateway {
     ) -> Result<Decision, String> {
         match self.policy_input(route_index, verified, request) {
             None => Ok(Decision::Allow),
-            Some(doc) => self.decide_input(route_index, doc),
+            Some(doc) => {
+                let _span = crate::telemetry::span("policy").entered();
+                self.decide_input(route_index, doc)
+            }
         }
     }
 

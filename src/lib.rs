@@ -26,4 +26,5 @@ pub mod roles;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod vault;

@@ -13,6 +13,7 @@ use portcullis::policy::testing;
 use portcullis::vault::cli::VaultCommand;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 /// mimalloc: Rego evaluation and JSON handling allocate a lot; measured ~23% fewer
 /// instructions per Rego decision than the system allocator (README, "Benchmarks").
@@ -163,30 +164,53 @@ enum PolicyCommand {
 /// Logs go to stderr through a writer thread: a request's thread only formats its line and
 /// hands it over (never blocking on the write; lines are never dropped: `lossy(false)`), and
 /// the writer thread writes what has queued up in one go. The guard flushes on exit.
-fn init_tracing() -> WorkerGuard {
+/// The trace-export layer for subscriber `S`, when `telemetry.otlp` is set.
+fn traces<S>(
+    otlp: Option<&portcullis::config::telemetry::OtlpSpec>,
+) -> Option<impl tracing_subscriber::Layer<S>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    match portcullis::telemetry::layer(otlp?) {
+        Ok(layer) => Some(layer),
+        Err(e) => {
+            eprintln!("warning: {e}; traces are off");
+            None
+        }
+    }
+}
+
+fn init_tracing(otlp: Option<&portcullis::config::telemetry::OtlpSpec>) -> WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("portcullis-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
     // Other crates' debug and trace records (pingora, hyper, reqwest, ...) print whole
     // request headers, tokens included: never emit them, whatever PORTCULLIS_LOG says.
     let no_secrets = tracing_subscriber::filter::filter_fn(|m| {
         m.target().starts_with("portcullis") || *m.level() <= tracing::Level::INFO
     });
+    // Log lines follow PORTCULLIS_LOG; spans (only with `telemetry.otlp`) go to the
+    // collector, never into log lines.
+    let registry = tracing_subscriber::registry().with(no_secrets);
     if std::env::var("PORTCULLIS_LOG_FORMAT").as_deref() == Ok("text") {
-        builder.finish().with(no_secrets).init();
+        let logs = tracing_subscriber::fmt::layer().with_writer(writer);
+        registry
+            .with(logs.with_filter(filter))
+            .with(traces(otlp))
+            .init();
     } else {
-        builder
+        let logs = tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .finish()
-            .with(no_secrets)
+            .with_span_list(false)
+            .with_writer(writer);
+        registry
+            .with(logs.with_filter(filter))
+            .with(traces(otlp))
             .init();
     }
     guard
@@ -212,7 +236,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let _log = init_tracing();
+            // `telemetry:` is read before anything logs: the trace exporter is part of the
+            // subscriber. A broken file is reported by the load below.
+            let otlp = portcullis::config::load(&config)
+                .ok()
+                .and_then(|(_, c)| c.otlp);
+            let _log = init_tracing(otlp.as_ref());
             let gateway = match Gateway::load(&config) {
                 Ok(g) => g,
                 Err(e) => {
@@ -220,7 +249,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match portcullis::server::run(gateway) {
+            let served = portcullis::server::run(gateway);
+            portcullis::telemetry::flush();
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -8,6 +8,7 @@ mod hold;
 mod mcp;
 mod mcp_hold;
 mod progress;
+mod trace;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +19,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
 use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use tracing::Instrument;
 
 use crate::approval::{cancel, STATUS_PREFIX};
 use crate::auth::{Source as TokenSource, Verified};
@@ -65,6 +67,9 @@ pub struct Ctx {
     authz_micros: u64,
     /// State-backend (Redis) operations made for this request.
     state_ops: u32,
+    /// Trace spans of the request and of its upstream call (none with traces off).
+    span: tracing::Span,
+    upstream_span: tracing::Span,
 }
 
 fn route_name(ctx: &Ctx) -> &str {
@@ -235,6 +240,7 @@ impl Proxy {
             let t = g
                 .credentials
                 .upstream_token(&route, spec, &verified, &subject)
+                .instrument(crate::telemetry::span("credentials"))
                 .await?;
             ctx.upstream_token = Some(t);
         }
@@ -309,6 +315,8 @@ impl ProxyHttp for Proxy {
             reason: None,
             authz_micros: 0,
             state_ops: 0,
+            span: tracing::Span::none(),
+            upstream_span: tracing::Span::none(),
         }
     }
 
@@ -316,6 +324,7 @@ impl ProxyHttp for Proxy {
         let g = self.state.load_full();
         ctx.gateway = Some(g.clone());
         ctx.request_id = headers::request_id(session.req_header());
+        ctx.span = trace::start(session.req_header(), &ctx.request_id);
         let limit = g.config.max_header_bytes;
         if headers::head_size(session.req_header()) > limit {
             return self
@@ -351,7 +360,9 @@ impl ProxyHttp for Proxy {
             };
         }
         let start = Instant::now();
-        let (result, ops) = crate::state::counting(self.authorize(session, ctx, &g)).await;
+        let span = ctx.span.clone();
+        let authorized = self.authorize(session, ctx, &g).instrument(span);
+        let (result, ops) = crate::state::counting(authorized).await;
         ctx.authz_micros = start.elapsed().as_micros() as u64;
         ctx.state_ops = ops;
         g.metrics.state.per_request.observe(f64::from(ops));
@@ -384,6 +395,7 @@ impl ProxyHttp for Proxy {
         peer.options.read_timeout = t.read;
         peer.options.write_timeout = t.write;
         peer.options.idle_timeout = t.idle;
+        ctx.upstream_span = trace::upstream(&ctx.span);
         Ok(Box::new(peer))
     }
 
@@ -417,6 +429,7 @@ impl ProxyHttp for Proxy {
         if let Some(target) = &ctx.target.rewrite {
             upstream.set_raw_path(target.as_bytes())?;
         }
+        trace::inject(upstream, &ctx.upstream_span)?;
         if let (Some(spec), Some(token)) = (&route.credentials, &ctx.upstream_token) {
             upstream.insert_header(spec.header.clone(), header_value(spec, &token.value))?;
         }
@@ -534,6 +547,8 @@ impl ProxyHttp for Proxy {
             g.metrics.route(route_name(ctx)).response(status);
         }
         let identity = ctx.verified.as_ref().map(|v| &v.identity);
+        let agent = identity.and_then(|i| i.agent.as_deref());
+        trace::finish(&ctx.span, route_name(ctx), agent, ctx.outcome, status);
         tracing::info!(
             target: "portcullis::access",
             request_id = %ctx.request_id,

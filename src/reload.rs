@@ -20,7 +20,8 @@ use crate::config::{ConfigError, Source};
 use crate::gateway::Gateway;
 
 /// Fail unless every setting applied only at start is the same in `new` as in `old`
-/// (listeners, TLS files, admin listener, `server:`, the approval store, `state:`).
+/// (listeners, TLS files, admin listener, `server:`, the approval store, `telemetry:`,
+/// `state:`).
 pub fn unchanged_at_runtime(
     source: &Source,
     old: &Config,
@@ -63,6 +64,15 @@ pub fn unchanged_at_runtime(
             .map_or("none".to_string(), |p| p.display().to_string())
     };
     fixed("approvals.store", store(old), store(new))?;
+    // The trace exporter is part of the log subscriber, built once at start.
+    let otlp = |c: &Config| {
+        c.otlp.as_ref().map_or("off".to_string(), |o| {
+            format!("{} ratio {}", o.endpoint, o.sample_ratio)
+        })
+    };
+    if old.otlp != new.otlp {
+        fixed("telemetry.otlp", otlp(old), otlp(new))?;
+    }
     if old.state != new.state {
         // Described without the URL (it may hold a password).
         let describe = |c: &Config| match &c.state {

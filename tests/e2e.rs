@@ -53,6 +53,8 @@ mod redis_tls;
 mod reload;
 #[path = "e2e/replicas.rs"]
 mod replicas;
+#[path = "e2e/traces.rs"]
+mod traces;
 #[path = "e2e/vault.rs"]
 mod vault;
 #[path = "e2e/vault_pg.rs"]

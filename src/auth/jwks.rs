@@ -260,7 +260,10 @@ impl IssuerKeys {
             KeySource::File(path) => read_file(path)
                 .map(|s| (s, None))
                 .map_err(|e| ("invalid", e)),
-            KeySource::Uri(uri) => self.fetch(uri).await,
+            KeySource::Uri(uri) => {
+                let span = crate::telemetry::span("jwks fetch");
+                tracing::Instrument::instrument(self.fetch(uri), span).await
+            }
         };
         match result {
             Ok((set, age)) => {

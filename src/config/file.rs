@@ -28,7 +28,31 @@ pub struct FileConfig {
     pub approvals: Approvals,
     /// Where state shared by replicas lives (approvals, rate limits, upstream-token cache).
     pub state: Option<State>,
+    /// Traces (opt-in).
+    pub telemetry: Option<Telemetry>,
     pub routes: Vec<Route>,
+}
+
+/// `telemetry: { otlp: { endpoint, protocol, sample_ratio, service_name, timeout_ms } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    pub otlp: Option<Otlp>,
+}
+
+/// An OTLP trace exporter.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Otlp {
+    /// `http://collector:4318` (then `/v1/traces` is added) or the full traces URL.
+    pub endpoint: String,
+    /// `http` (OTLP/HTTP protobuf, the default).
+    pub protocol: Option<String>,
+    /// Share of traces started here that are recorded, 0.0 to 1.0 (default 1.0); a caller's
+    /// `traceparent` decides for its trace.
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
+    pub timeout_ms: Option<u64>,
 }
 
 /// `state: { backend: embedded }` (default) or `state: { backend: redis, redis: {...} }`.

@@ -33,6 +33,8 @@ pub struct Config {
     pub approvals: ApprovalLimits,
     /// Where replica-shared state lives.
     pub state: StateSpec,
+    /// Where traces go (`telemetry.otlp`); restart to change.
+    pub otlp: Option<super::telemetry::OtlpSpec>,
     /// Bearer secret of the admin API's `/vault` endpoints (absent: those endpoints are off).
     pub admin_token: Option<Secret>,
     pub routes: Vec<Arc<RouteSpec>>,

@@ -96,6 +96,7 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
     let vault = credentials::vault(src, &base, raw.vault, &clients)?;
     let approvals = approval::limits(src, &base, raw.approvals)?;
     let state = state::state(src, &base, raw.state)?;
+    let otlp = super::telemetry::otlp(src, raw.telemetry)?;
 
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut route_names = HashSet::new();
@@ -153,6 +154,7 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
         vault,
         approvals,
         state,
+        otlp,
         admin_token,
         routes,
     })
