@@ -1,6 +1,7 @@
 //! Loading a configuration: YAML text → `file::FileConfig` (serde) → `model::Config`
 //! (validated). Every error names the file, the field and, where it can be found, the line.
 
+pub mod ext_authz;
 pub mod file;
 mod locate;
 pub mod model;

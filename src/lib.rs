@@ -13,6 +13,7 @@ pub mod claims;
 pub mod config;
 pub mod credentials;
 pub mod explain;
+pub mod ext_authz;
 pub mod gateway;
 pub mod mcp;
 pub mod metrics;

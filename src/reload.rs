@@ -73,6 +73,12 @@ pub fn unchanged_at_runtime(
     if old.otlp != new.otlp {
         fixed("telemetry.otlp", otlp(old), otlp(new))?;
     }
+    let ext = |c: &Config| {
+        c.ext_authz
+            .as_ref()
+            .map_or("off".to_string(), |e| e.listen.to_string())
+    };
+    fixed("ext_authz.listen", ext(old), ext(new))?;
     if old.state != new.state {
         // Described without the URL (it may hold a password).
         let describe = |c: &Config| match &c.state {

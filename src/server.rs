@@ -20,6 +20,31 @@ use crate::reload::{Hangup, Reloader};
 
 mod limit;
 
+/// The ext_authz gRPC server (tonic), on pingora's background runtime, until shutdown.
+struct ExtAuthzListener {
+    addr: std::net::SocketAddr,
+    state: Arc<arc_swap::ArcSwap<Gateway>>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for ExtAuthzListener {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let service = crate::ext_authz::Service {
+            state: self.state.clone(),
+        };
+        tracing::info!(listen = %self.addr, "ext_authz (gRPC) listening");
+        let served = tonic::transport::Server::builder()
+            .add_service(service.server())
+            .serve_with_shutdown(self.addr, async move {
+                let _ = shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(listen = %self.addr, error = %e, "ext_authz listener failed");
+        }
+    }
+}
+
 /// Start serving; returns only on shutdown (SIGTERM: graceful, SIGINT: fast). SIGHUP
 /// reloads the configuration file.
 pub fn run(gateway: Gateway) -> Result<(), String> {
@@ -83,6 +108,15 @@ pub fn run(gateway: Gateway) -> Result<(), String> {
         },
     ));
     server.add_service(background_service("config reload", Hangup { reloader }));
+    if let Some(ext) = &cfg.ext_authz {
+        server.add_service(background_service(
+            "ext_authz",
+            ExtAuthzListener {
+                addr: ext.listen,
+                state: state.clone(),
+            },
+        ));
+    }
     tracing::info!(listen = %addr, admin = ?cfg.admin_listen, routes = cfg.routes.len(), "portcullis starting");
     // `run` (not `run_forever`, which exits the process) returns after shutdown, so the
     // caller can flush the log writer.

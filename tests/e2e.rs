@@ -23,6 +23,8 @@ mod cli;
 mod credentials;
 #[path = "e2e/explain.rs"]
 mod explain;
+#[path = "e2e/ext_authz.rs"]
+mod ext_authz;
 #[path = "e2e/fakes.rs"]
 mod fakes;
 #[path = "e2e/faults.rs"]

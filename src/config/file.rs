@@ -30,7 +30,19 @@ pub struct FileConfig {
     pub state: Option<State>,
     /// Traces (opt-in).
     pub telemetry: Option<Telemetry>,
+    /// Envoy's external authorization (gRPC `envoy.service.auth.v3.Authorization`), opt-in.
+    pub ext_authz: Option<ExtAuthz>,
     pub routes: Vec<Route>,
+}
+
+/// `ext_authz: { listen, max_hold_seconds }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthz {
+    pub listen: String,
+    /// Longest sync approval hold a Check may wait (Envoy's ext_authz `timeout` must be
+    /// longer). Default 10.
+    pub max_hold_seconds: Option<u64>,
 }
 
 /// `telemetry: { otlp: { endpoint, protocol, sample_ratio, service_name, timeout_ms } }`.

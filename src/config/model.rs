@@ -35,6 +35,8 @@ pub struct Config {
     pub state: StateSpec,
     /// Where traces go (`telemetry.otlp`); restart to change.
     pub otlp: Option<super::telemetry::OtlpSpec>,
+    /// Envoy's external authorization listener (`ext_authz`); restart to change.
+    pub ext_authz: Option<super::ext_authz::ExtAuthzSpec>,
     /// Bearer secret of the admin API's `/vault` endpoints (absent: those endpoints are off).
     pub admin_token: Option<Secret>,
     pub routes: Vec<Arc<RouteSpec>>,
@@ -44,15 +46,11 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyEngine {
-    /// regorus's tree-walking interpreter with strict builtin errors, on a clone of the
-    /// prepared engine per request: any evaluation error denies (`policy_error`).
+    /// regorus's interpreter, strict builtin errors: any evaluation error denies.
     #[default]
     Interpreter,
-    /// regorus's Rego virtual machine (RVM), opt-in: each route's `decision` compiled to
-    /// bytecode at load (a package the VM cannot compile, or that answers the warm-up input
-    /// differently, falls back to the interpreter, logged). About 3x fewer instructions per
-    /// decision, but in regorus 0.14.1 a builtin error inside a rule body makes that rule
-    /// undefined (OPA's non-strict semantics) instead of failing the evaluation.
+    /// regorus's Rego VM, opt-in (falls back to the interpreter per package, logged); in
+    /// regorus 0.14.1 a builtin error makes a rule undefined instead of failing (docs/policies.md).
     Vm,
 }
 

@@ -123,6 +123,7 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
     let shared = !matches!(state, super::model::StateSpec::Embedded);
     approval::check_routes(src, &mut routes, &approvals, shared)?;
     state::check(src, &state, &approvals, vault.is_some(), &routes)?;
+    let ext_authz = super::ext_authz::ext_authz(src, raw.ext_authz, &routes)?;
 
     Ok(Config {
         source: src.file.clone(),
@@ -155,6 +156,7 @@ pub fn validate(src: &Source, raw: file::FileConfig) -> Result<Config, ConfigErr
         approvals,
         state,
         otlp,
+        ext_authz,
         admin_token,
         routes,
     })
