@@ -102,18 +102,39 @@ fn envoy_asks_portcullis_and_enforces_every_answer() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("approvals.db");
     let authz = free_port();
-    let config = yaml(
-        &op,
-        &up,
-        &format!("{}/backchannel", op.url()),
-        ", mode: async",
-        Some(&store),
+    // The repository's policies and one that always fails to evaluate.
+    let policies = crate::reload::policy_copy();
+    std::fs::write(
+        policies.path().join("boom.rego"),
+        "package boom\n\ndefault decision := {\"allow\": true}\n\n\
+         decision := {\"allow\": to_number(\"not a number\") > 0} if input.request.path == \"/boom\"\n",
     )
-    .replacen(
-        "routes:\n",
-        &format!("ext_authz: {{ listen: \"127.0.0.1:{authz}\" }}\nroutes:\n"),
-        1,
+    .unwrap();
+    let extra = format!(
+        r#"ext_authz: {{ listen: "127.0.0.1:{authz}" }}
+routes:
+  - name: billing
+    match: {{ path_prefix: /billing }}
+    upstream: "{}"
+    auth: {{ issuer: corp }}
+    credentials:
+      token_exchange: {{ client: gw, resource: ["https://billing.downstream.test"], scope: "invoices:read" }}
+  - name: boom
+    match: {{ path_prefix: /boom }}
+    upstream: "{}"
+    auth: {{ issuer: corp }}
+    policy: boom
+"#,
+        up.url(),
+        up.url()
     );
+    let backchannel = format!("{}/backchannel", op.url());
+    let config = yaml(&op, &up, &backchannel, ", mode: async", Some(&store))
+        .replacen("routes:\n", &extra, 1)
+        .replace(
+            &repo().join("policies").display().to_string(),
+            &policies.path().display().to_string(),
+        );
     let mut gw = Gw::start_env(&config, true, &[SECRET]);
     let port: u16 = up.url().rsplit(':').next().unwrap().parse().unwrap();
     let envoy = envoy(authz, port);
@@ -133,6 +154,34 @@ fn envoy_asks_portcullis_and_enforces_every_answer() {
         None,
         "the user's token never goes upstream"
     );
+
+    // A credentials route: the upstream gets a token issued for it (RFC 8693), not the user's.
+    let r = client()
+        .get(url("/billing/statements"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sent = up.last();
+    let upstream_token = sent.header("authorization").expect("the exchanged token");
+    assert!(upstream_token.starts_with("Bearer "), "{upstream_token}");
+    assert!(!upstream_token.contains(&token));
+
+    // A policy that fails to evaluate denies (500 policy_error), nothing forwarded.
+    let before = up.requests().len();
+    let (status, _, body) = parts(
+        client()
+            .get(url("/boom"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (500, Some("policy_error")),
+        "{body}"
+    );
+    assert_eq!(up.requests().len(), before);
 
     // Refusals reach the client as the proxy sends them.
     let (status, challenge, body) =
