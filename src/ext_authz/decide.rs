@@ -118,7 +118,7 @@ async fn decide(
         ));
     }
     if route.auth.is_none() {
-        return Ok(allow(&route, Vec::new()));
+        return Ok(allow(&route, None, Vec::new()));
     }
     let token = bearer(
         a.headers
@@ -142,12 +142,31 @@ async fn decide(
             .await?;
         set.push((spec.header.clone(), header_value(spec, &t.value)));
     }
-    Ok(allow(&route, set))
+    Ok(allow(&route, Some(&verified.identity), set))
 }
 
-/// Forward: without the user's token (unless `forward_token`) and the approval id.
-fn allow(route: &RouteSpec, set: Vec<(String, String)>) -> Verdict {
-    let mut remove = vec![APPROVAL_HEADER.to_string()];
+/// Forward: without the user's token (unless `forward_token`), the approval id and any
+/// client-sent `X-Portcullis-*`; naming the caller on `identity_headers` routes.
+fn allow(
+    route: &RouteSpec,
+    who: Option<&crate::claims::Identity>,
+    mut set: Vec<(String, String)>,
+) -> Verdict {
+    let mut remove = vec![
+        APPROVAL_HEADER.to_string(),
+        "x-portcullis-sub".into(),
+        "x-portcullis-agent".into(),
+    ];
+    if route.identity_headers {
+        if let Some(who) = who {
+            remove.retain(|h| !h.starts_with("x-portcullis-"));
+            set.push(("x-portcullis-sub".into(), who.sub.clone()));
+            match &who.agent {
+                Some(agent) => set.push(("x-portcullis-agent".into(), agent.clone())),
+                None => remove.push("x-portcullis-agent".into()),
+            }
+        }
+    }
     if !route.forward_token && !set.iter().any(|(k, _)| k == "authorization") {
         remove.push("authorization".into());
     }

@@ -165,9 +165,30 @@ pub fn canonical_target(
 /// user's token unless the route forwards it.
 pub fn withheld(route: &RouteSpec, name: &str) -> bool {
     name == "proxy-authorization"
+        || name.starts_with(IDENTITY_PREFIX)
         || name == APPROVAL_HEADER
         || (name == "authorization" && (!route.forward_token || route.credentials.is_some()))
         || (canon::REROUTING_HEADERS.contains(&name) && !route.passes(name))
+}
+
+/// Headers naming the caller to the upstream (`identity_headers`); a client's are removed.
+pub const IDENTITY_PREFIX: &str = "x-portcullis-";
+
+/// `X-Portcullis-Sub` and `X-Portcullis-Agent` for routes with `identity_headers`.
+pub fn identity(
+    route: &RouteSpec,
+    who: Option<&crate::claims::Identity>,
+) -> Vec<(&'static str, String)> {
+    match who.filter(|_| route.identity_headers) {
+        None => Vec::new(),
+        Some(who) => {
+            let mut out = vec![("x-portcullis-sub", who.sub.clone())];
+            if let Some(agent) = &who.agent {
+                out.push(("x-portcullis-agent", agent.clone()));
+            }
+            out
+        }
+    }
 }
 
 /// The forwarding headers the gateway sets from its own view of the request:

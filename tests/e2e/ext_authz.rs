@@ -117,6 +117,7 @@ routes:
     match: {{ path_prefix: /billing }}
     upstream: "{}"
     auth: {{ issuer: corp }}
+    identity_headers: true
     credentials:
       token_exchange: {{ client: gw, resource: ["https://billing.downstream.test"], scope: "invoices:read" }}
   - name: boom
@@ -156,16 +157,36 @@ routes:
     );
 
     // A credentials route: the upstream gets a token issued for it (RFC 8693), not the user's.
-    let r = client()
-        .get(url("/billing/statements"))
-        .bearer_auth(&token)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let sent = up.last();
-    let upstream_token = sent.header("authorization").expect("the exchanged token");
-    assert!(upstream_token.starts_with("Bearer "), "{upstream_token}");
-    assert!(!upstream_token.contains(&token));
+    // It also names the caller (identity_headers); a client's own X-Portcullis-* never passes.
+    for base in [url(""), gw.url("")] {
+        let r = client()
+            .get(format!("{base}/billing/statements"))
+            .bearer_auth(&token)
+            .header("x-portcullis-sub", "mallory")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let sent = up.last();
+        let upstream_token = sent.header("authorization").expect("the exchanged token");
+        assert!(upstream_token.starts_with("Bearer "), "{upstream_token}");
+        assert!(!upstream_token.contains(&token));
+        assert_eq!(sent.header("x-portcullis-sub"), Some("alice"), "via {base}");
+        assert_eq!(
+            sent.header("x-portcullis-agent"),
+            Some("agent-1"),
+            "via {base}"
+        );
+    }
+    for base in [url(""), gw.url("")] {
+        let r = client()
+            .get(format!("{base}/invoices/finance/INV-1"))
+            .bearer_auth(&token)
+            .header("x-portcullis-sub", "mallory")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(up.last().header("x-portcullis-sub"), None, "via {base}");
+    }
 
     // A policy that fails to evaluate denies (500 policy_error), nothing forwarded.
     let before = up.requests().len();
