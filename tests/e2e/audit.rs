@@ -74,6 +74,20 @@ fn start(op: &Op, up: &Upstream, extra: &str, store: &Path) -> Gw {
     )
 }
 
+/// The user approves the pending CIBA request at the OP; wait until approval `id` says so.
+fn approve_pending(op: &Op, gw: &Gw, token: &str, id: &str) {
+    op.answer(
+        "approve",
+        op.wait_pending()["auth_req_id"].as_str().unwrap(),
+    );
+    wait_status(
+        gw,
+        &format!("/.portcullis/approvals/{id}"),
+        token,
+        "approved",
+    );
+}
+
 /// The OP's CIBA requests so far (pending or answered).
 fn asked(op: &Op) -> usize {
     op.pending(true).len()
@@ -222,16 +236,7 @@ fn identical_calls_ask_the_user_once() {
     assert_eq!(first["approval_id"], second["approval_id"], "{second}");
     assert_eq!(asked(&op) - before, 1);
     let id = first["approval_id"].as_str().unwrap();
-    op.answer(
-        "approve",
-        op.wait_pending()["auth_req_id"].as_str().unwrap(),
-    );
-    wait_status(
-        &gw,
-        &format!("/.portcullis/approvals/{id}"),
-        &token,
-        "approved",
-    );
+    approve_pending(&op, &gw, &token, id);
     let seen = up.requests().len();
     assert_eq!(pay(&gw, &token, 7000, None).status(), 200);
     let (status, _, body) = parts(pay(&gw, &token, 7000, None));
@@ -296,16 +301,7 @@ fn an_approval_does_not_survive_a_change_of_the_routes_policy() {
     let approve = |amount: u64| -> String {
         let body: Value = pay(&gw, &token, amount, None).json().unwrap();
         let id = body["approval_id"].as_str().unwrap().to_string();
-        op.answer(
-            "approve",
-            op.wait_pending()["auth_req_id"].as_str().unwrap(),
-        );
-        wait_status(
-            &gw,
-            &format!("/.portcullis/approvals/{id}"),
-            &token,
-            "approved",
-        );
+        approve_pending(&op, &gw, &token, &id);
         id
     };
     let id = approve(5000);
