@@ -4,7 +4,7 @@
 //! upstream call). A caller's W3C `traceparent` is the request span's parent, and the
 //! upstream receives the gateway's own `traceparent`. Spans go through `tracing` and
 //! `tracing-opentelemetry` to an OTLP/HTTP exporter that runs on its own thread (batched).
-//! With tracing off, no span is created: the request path pays one relaxed atomic load.
+//! With tracing off, no span is created: each span site pays one relaxed atomic load.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
