@@ -235,13 +235,7 @@ fn decide(
         .headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
-        .filter(|(k, _)| !input::SENSITIVE_HEADERS.contains(k))
-        .filter(|(k, _)| {
-            route
-                .policy_headers
-                .as_ref()
-                .is_none_or(|allowed| allowed.iter().any(|a| a == k))
-        })
+        .filter(|(k, _)| input::policy_sees(k, route.policy_headers.as_deref()))
         .collect();
     let info = |body, mcp| RequestInfo {
         method: &req.method,

@@ -28,7 +28,7 @@ use crate::config::model::{RouteLookup, RouteSpec};
 use crate::credentials::cache::UpstreamToken;
 use crate::credentials::header_value;
 use crate::gateway::{bearer_of, Gateway};
-use crate::policy::input::{RequestInfo, SENSITIVE_HEADERS};
+use crate::policy::input::RequestInfo;
 use crate::policy::{ApprovalRequest, Decision, Refusal};
 use crate::respond::Reply;
 
@@ -273,7 +273,7 @@ impl Proxy {
             path: &ctx.target.path,
             query: req.uri.query(),
             host: headers::host(req),
-            headers: headers::for_policy(req, route.policy_headers.as_deref(), SENSITIVE_HEADERS),
+            headers: headers::for_policy(req, route.policy_headers.as_deref()),
             body,
             mcp: None,
         };

@@ -119,6 +119,16 @@ impl Draft {
         }
     }
 
+    /// The same approval, binding and request, for another `event` at `at`.
+    pub fn again(&self, event: &str, detail: &str, at: u64) -> Draft {
+        Draft {
+            event: event.to_string(),
+            at,
+            detail: detail.to_string(),
+            ..self.clone()
+        }
+    }
+
     /// Chain this draft after `prev` (`None`: the first receipt).
     pub fn chain(self, prev: Option<&Receipt>) -> Receipt {
         let (seq, prev) = match prev {

@@ -62,15 +62,6 @@ impl Held {
     pub fn policy_rev(&self) -> &str {
         &self.draft.policy_rev
     }
-
-    fn draft(&self, event: &str, detail: &str) -> Draft {
-        Draft {
-            event: event.to_string(),
-            at: now(),
-            detail: detail.to_string(),
-            ..self.draft.clone()
-        }
-    }
 }
 
 impl Approvals {
@@ -125,7 +116,7 @@ impl Approvals {
             now(),
             "",
         );
-        self.receipt(Held::template(&draft, "asked")).await?;
+        self.receipt(draft.again("asked", "", now())).await?;
         let client = self.clients[spec.client].clone();
         let interval = started.interval.unwrap_or(ciba::DEFAULT_INTERVAL);
         let deadline = Instant::now() + Duration::from_secs(lifetime(spec, &started));
@@ -158,8 +149,7 @@ impl Approvals {
                         Outcome::Mismatch(code) => code,
                         _ => "",
                     };
-                    let mut r = Held::template(&template, outcome.label());
-                    r.detail = detail.to_string();
+                    let r = template.again(outcome.label(), detail, now());
                     // An approval whose receipt cannot be written does not count (fail closed).
                     if append_receipt(store, &metrics, r).await.is_err()
                         && outcome == Outcome::Approved
@@ -192,19 +182,10 @@ impl Approvals {
     /// matches, with its receipt written first (else refuse: fail closed).
     pub async fn sync_forward(&self, held: &Held) -> Result<(), Refusal> {
         if let Err(refusal) = self.check_revision(&held.draft.route, held.policy_rev()) {
-            self.receipt(held.draft("refused", refusal.label())).await?;
+            self.receipt(held.draft.again("refused", refusal.label(), now()))
+                .await?;
             return Err(refusal);
         }
-        self.receipt(held.draft("forwarded", "")).await
-    }
-}
-
-impl Held {
-    fn template(draft: &Draft, event: &str) -> Draft {
-        Draft {
-            event: event.to_string(),
-            at: now(),
-            ..draft.clone()
-        }
+        self.receipt(held.draft.again("forwarded", "", now())).await
     }
 }

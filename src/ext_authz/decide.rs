@@ -13,7 +13,7 @@ use crate::canon;
 use crate::config::model::{ApprovalMode, RouteLookup, RouteSpec};
 use crate::credentials::header_value;
 use crate::gateway::{bearer, Gateway};
-use crate::policy::input::{RequestInfo, SENSITIVE_HEADERS};
+use crate::policy::input::{policy_sees, RequestInfo};
 use crate::policy::{ApprovalRequest, Decision, Refusal};
 use crate::respond::Reply;
 
@@ -188,10 +188,7 @@ fn policy(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .filter(|(k, _)| !k.starts_with(':'))
-        .filter(|(k, _)| match route.policy_headers.as_deref() {
-            Some(list) => list.iter().any(|a| a == k),
-            None => !SENSITIVE_HEADERS.contains(k),
-        })
+        .filter(|(k, _)| policy_sees(k, route.policy_headers.as_deref()))
         .collect();
     let info = |body, mcp| RequestInfo {
         method: a.method,

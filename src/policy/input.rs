@@ -19,6 +19,16 @@ use crate::claims::Identity;
 /// Headers never given to a policy: they carry credentials.
 pub const SENSITIVE_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
 
+/// Whether a policy sees request header `name` (lower-case): the route's `policy_headers`
+/// when set, else every header but the credential-bearing ones. One rule for the proxy,
+/// ext_authz and `explain`.
+pub fn policy_sees(name: &str, allowed: Option<&[String]>) -> bool {
+    match allowed {
+        Some(list) => list.iter().any(|a| a == name),
+        None => !SENSITIVE_HEADERS.contains(&name),
+    }
+}
+
 /// The request as the policy sees it. Header names are lower-case.
 #[derive(Debug, Default)]
 pub struct RequestInfo<'a> {

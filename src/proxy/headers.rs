@@ -96,14 +96,10 @@ pub fn has_unread_body(req: &RequestHeader) -> bool {
 pub fn for_policy<'a>(
     req: &'a RequestHeader,
     allowed: Option<&[String]>,
-    sensitive: &[&str],
 ) -> Vec<(&'a str, &'a str)> {
     req.headers
         .iter()
-        .filter(|(k, _)| match allowed {
-            Some(list) => list.iter().any(|a| a == k.as_str()),
-            None => !sensitive.contains(&k.as_str()),
-        })
+        .filter(|(k, _)| crate::policy::input::policy_sees(k.as_str(), allowed))
         .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
         .collect()
 }

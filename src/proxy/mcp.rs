@@ -15,7 +15,7 @@ use crate::auth::Verified;
 use crate::config::model::RouteSpec;
 use crate::gateway::Gateway;
 use crate::mcp::{self as rpc, Body, Message, RpcError};
-use crate::policy::input::{RequestInfo, SENSITIVE_HEADERS};
+use crate::policy::input::RequestInfo;
 use crate::policy::{ApprovalRequest, Decision, Refusal};
 
 /// How a tools/list response is being rewritten.
@@ -54,7 +54,7 @@ fn info<'a>(
         path,
         query: req.uri.query(),
         host: headers::host(req),
-        headers: headers::for_policy(req, route.policy_headers.as_deref(), SENSITIVE_HEADERS),
+        headers: headers::for_policy(req, route.policy_headers.as_deref()),
         body: None,
         mcp: Some(mcp),
     }

@@ -7,6 +7,7 @@
 
 pub mod approvals;
 pub mod buckets;
+mod claim;
 pub mod receipts;
 pub mod tokens;
 

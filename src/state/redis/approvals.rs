@@ -70,28 +70,6 @@ return 1
     )
 });
 
-/// The join key: claim it when it is empty or still holds `ARGV[1]` (the id the caller saw;
-/// empty: none), for `ARGV[3]` ms.
-static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local v = redis.call('GET', KEYS[1]) or ''
-if v ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"#,
-    )
-});
-
-static UNCLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 0
-"#,
-    )
-});
-
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -235,9 +213,14 @@ impl RedisApprovals {
     }
 
     /// `ap:join:<digest of route and binding>` → the newest approval id with that binding.
-    fn join_key(&self, route: &str, b: &Binding) -> String {
+    pub(super) fn join_key(&self, route: &str, b: &Binding) -> String {
         let digest = key_digest(&[route.as_bytes(), binding_digest(b).as_bytes()]);
         self.redis.key(&format!("ap:join:{digest}"))
+    }
+
+    /// This process's lease-holder id.
+    pub(super) fn owner(&self) -> &str {
+        &self.owner
     }
 
     pub(super) fn redis(&self) -> &Redis {
@@ -252,27 +235,6 @@ impl RedisApprovals {
         if let Ok(mut h) = self.head.lock() {
             *h = head;
         }
-    }
-
-    /// The value of a claim by this process (not a plausible approval id: never looked up).
-    fn claim_value(&self) -> String {
-        format!("claim:{}", self.owner)
-    }
-
-    async fn claim(
-        &self,
-        route: &str,
-        b: &Binding,
-        seen: &str,
-        ttl: Duration,
-    ) -> Result<bool, StateError> {
-        let key = self.join_key(route, b);
-        let (value, ttl) = (self.claim_value(), ttl.as_millis().max(1).to_string());
-        let claimed: u8 = self
-            .redis
-            .script("approval_claim", &CLAIM, &[&key], &[seen, &value, &ttl])
-            .await?;
-        Ok(claimed == 1)
     }
 
     fn record_key(&self, id: &str) -> String {
@@ -440,11 +402,7 @@ impl ApprovalBackend for RedisApprovals {
     }
 
     async fn unclaim(&self, route: &str, b: &Binding) -> Result<(), StateError> {
-        let key = self.join_key(route, b);
-        let value = self.claim_value();
-        self.redis
-            .script::<()>("approval_unclaim", &UNCLAIM, &[&key], &[&value])
-            .await
+        self.release_claim(route, b).await
     }
 
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StateError> {
