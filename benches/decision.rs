@@ -74,7 +74,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| g.decide(0, &verified, black_box(request())).is_ok())
     });
     let vm_dir = tempfile::tempdir().expect("tempdir");
-    let g_vm = gateway_on(vm_dir.path(), &signers, "vm");
+    let g_vm = gateway_on(vm_dir.path(), &signers, "auto");
     assert_eq!(g_vm.decide(0, &verified, request()), Ok(Decision::Allow));
     c.bench_function("rego_decision_invoices_vm", |b| {
         b.iter(|| g_vm.decide(0, &verified, black_box(request())).is_ok())
@@ -133,12 +133,14 @@ fn benches(c: &mut Criterion) {
         b.iter(|| portcullis::mcp::filter_tools_json(black_box(&list), |t| !t.ends_with('7')))
     });
 
+    // The default evaluator (`auto`: the Rego VM for this policy).
+    let route_vm = g_vm.config.routes[0].clone();
     c.bench_function("authz_path_cached_token_scopes_rego", |b| {
         b.iter(|| {
             let (v, _) = rt
-                .block_on(g.authenticate(&route, black_box(&rs)))
+                .block_on(g_vm.authenticate(&route_vm, black_box(&rs)))
                 .expect("verifies");
-            g.decide(0, &v, request()).is_ok()
+            g_vm.decide(0, &v, request()).is_ok()
         })
     });
 }

@@ -64,7 +64,7 @@ pub fn gateway(dir: &Path, signers: &[Signer]) -> Gateway {
     gateway_on(dir, signers, "interpreter")
 }
 
-/// The same, with `policies.engine` set to `engine` (`interpreter` or `vm`).
+/// The same, with `policies.engine` set to `engine` (`interpreter`, `auto` or `vm`).
 pub fn gateway_on(dir: &Path, signers: &[Signer], engine: &str) -> Gateway {
     let keys: Vec<Jwk> = signers
         .iter()

@@ -36,3 +36,9 @@ test_listing_shows_pay_to_payers_only if {
 	mcp_invoices.decision.allow with input as {"subject": payer, "mcp": {"method": "tools/call", "tool": "pay_invoice", "arguments": {}, "listing": true}}
 	not mcp_invoices.decision.allow with input as {"subject": reader, "mcp": {"method": "tools/call", "tool": "pay_invoice", "arguments": {}, "listing": true}}
 }
+
+test_ill_typed_payments_are_refused if {
+	not mcp_invoices.decision.allow with input as {"subject": payer, "mcp": call("pay_invoice", {"amount": "5000"})}
+	not mcp_invoices.decision.allow with input as {"subject": payer, "mcp": call("pay_invoice", {"invoice_id": "INV-1", "amount": "50"})}
+	not mcp_invoices.decision.allow with input as {"subject": payer, "mcp": call("pay_invoice", {"invoice_id": 7, "amount": 50})}
+}

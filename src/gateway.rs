@@ -57,9 +57,9 @@ pub fn bearer<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Result<&'a str,
         return Err(Refusal::MissingToken);
     }
     let token = token.trim_start_matches(' ');
-    let b64token = |c: char| c.is_ascii_alphanumeric() || "-._~+/".contains(c);
+    let b64token = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
     let body = token.trim_end_matches('=');
-    if body.is_empty() || !body.chars().all(b64token) {
+    if body.is_empty() || !body.bytes().all(b64token) {
         return Err(Refusal::InvalidToken(crate::claims::TokenError::Malformed));
     }
     Ok(token)

@@ -228,6 +228,13 @@ fn main() -> ExitCode {
                     g.config.routes.len(),
                     g.policies.files().len()
                 );
+                for r in &g.config.routes {
+                    if let Some(package) = &r.policy {
+                        let entry = portcullis::policy::rego::entrypoint(package);
+                        let how = g.policies.evaluator(&entry);
+                        println!("  route {}: policy {package} on {how}", r.name);
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

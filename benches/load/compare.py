@@ -10,7 +10,8 @@ On loopback, one machine, it starts:
     CPU column then counts both processes);
   - portcullis (1 thread): passthrough route, JWT route, JWT + Rego, JWT + Rego with role
     mapping, JWT + Rego + cached token exchange, and an MCP tools/call route (JWT + Rego);
-    and a second portcullis with `policies.engine: vm` for JWT + Rego on the Rego VM, and a
+    and a second portcullis with `policies.engine: interpreter` for JWT + Rego on the
+    interpreter (the first runs the default, `auto`: the Rego VM), and a
     third with OTLP traces on (every request sampled, spans exported over OTLP/HTTP to a sink
     in this process that answers 200) for JWT + Rego with tracing.
 Servers are pinned to one CPU, the load generator (oha) to another. For each trial, in
@@ -34,6 +35,7 @@ node + tests/peers (npm ci), taskset (util-linux). scripts/bench installs them.
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -116,7 +118,27 @@ http {{
         return self.spawn(["nginx", "-p", prefix, "-c", conf, "-g", "daemon off;"], log=f"{name}.log")
 
 
-def envoy_config(port, upstream_port, jwt=None, authz_port=None):
+# Envoy's static equivalent of policies/invoices.rego's read rule, on jwt_authn's verified payload:
+# GET of one invoice of department "finance", azp agent-1, scope invoices:read and claim dept.
+RBAC = {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+    "rules": {"action": "ALLOW", "policies": {"invoices-read": {
+        "permissions": [{"and_rules": {"rules": [
+            {"header": {"name": ":method", "string_match": {"exact": "GET"}}},
+            {"url_path": {"path": {"safe_regex": {"regex": "^/invoices/finance/[^/]+$"}}}},
+        ]}}],
+        "principals": [{"and_ids": {"ids": [
+            {"metadata": {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "jwt_payload"}, {"key": k}],
+                          "value": {"string_match": m}}}
+            for k, m in [("azp", {"exact": "agent-1"}),
+                         ("scope", {"safe_regex": {"regex": "(^|.* )invoices:read( .*|$)"}}),
+                         ("dept", {"exact": "finance"})]
+        ]}}],
+    }}},
+}
+
+
+def envoy_config(port, upstream_port, jwt=None, authz_port=None, rbac=False):
     filters = []
     if authz_port:
         filters.append({
@@ -140,6 +162,9 @@ def envoy_config(port, upstream_port, jwt=None, authz_port=None):
                 "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "op"}}],
             },
         })
+        if rbac:
+            filters[-1]["typed_config"]["providers"]["op"]["payload_in_metadata"] = "jwt_payload"
+            filters.append({"name": "envoy.filters.http.rbac", "typed_config": RBAC})
     filters.append({"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
     return {
@@ -196,7 +221,7 @@ def otlp_sink(port):
     return server
 
 
-def portcullis_config(port, admin_port, op, upstream_port, engine="interpreter", otlp_port=None,
+def portcullis_config(port, admin_port, op, upstream_port, engine="auto", otlp_port=None,
                       authz_port=None):
     up = f"http://127.0.0.1:{upstream_port}"
     telemetry = f'telemetry: {{ otlp: {{ endpoint: "http://127.0.0.1:{otlp_port}" }} }}\n' if otlp_port else ""
@@ -249,9 +274,14 @@ routes:
 """
 
 
+def sample_url(pattern):
+    """One URL the oha --rand-regex-url pattern can generate (for the warm-up request)."""
+    return re.sub(r"\[[^\]]*\]\{(\d+)\}", lambda m: "7" * int(m.group(1)), pattern).replace("\\?", "?")
+
+
 def oha(args, url, extra):
     cmd = ["taskset", "-c", CPU_LOAD, args.oha, "--no-tui", "--output-format", "json",
-           "-z", f"{args.seconds}s"] + extra + [url]
+           "-z", f"{args.seconds}s", "--rand-regex-url"] + extra + [url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.seconds * 3 + 60)
     if out.returncode != 0:
         raise SystemExit(f"oha failed: {' '.join(cmd)}\n{out.stderr}")
@@ -338,13 +368,15 @@ def main():
     ap.add_argument("--baseline", default="",
                     help="another portcullis binary (e.g. an older build): its passthrough and "
                          "JWT + Rego routes become extra targets, measured in the same trials")
+    ap.add_argument("--baseline-engine", default="interpreter",
+                    help="policies.engine of the baseline's configuration (builds before `auto` lack it)")
     args = ap.parse_args()
     if os.cpu_count() < 2:
         raise SystemExit("needs 2 CPUs: one for the load generator, one for the servers")
     work = tempfile.mkdtemp(prefix="portcullis-compare-")
     stack = Stack(work, args)
     try:
-        ports = {k: free_port() for k in ["op", "up", "pingora", "nginx", "envoy", "envoy_jwt", "gw", "admin", "gw_vm",
+        ports = {k: free_port() for k in ["op", "up", "pingora", "nginx", "envoy", "envoy_jwt", "envoy_rbac", "gw", "admin", "gw_vm",
                                   "admin_vm", "gw_base", "admin_base", "gw_otel", "admin_otel", "otlp", "authz",
                                   "envoy_authz"]}
         op = f"http://127.0.0.1:{ports['op']}"
@@ -364,8 +396,9 @@ def main():
         _, tok = http("POST", f"{op}/test/token", mint, {"content-type": "application/json"})
         token = json.loads(tok)["access_token"]
         envoys = {}
-        for key, jwt in [("envoy", None), ("envoy_jwt", {"issuer": op, "jwks": jwks.decode()})]:
-            cfg = stack.write(f"{key}.json", json.dumps(envoy_config(ports[key], ports["up"], jwt)))
+        jwt = {"issuer": op, "jwks": jwks.decode()}
+        for key, jwt, rbac in [("envoy", None, False), ("envoy_jwt", jwt, False), ("envoy_rbac", jwt, True)]:
+            cfg = stack.write(f"{key}.json", json.dumps(envoy_config(ports[key], ports["up"], jwt, rbac=rbac)))
             envoys[key] = stack.spawn([args.envoy, "-c", cfg, "--concurrency", "1", "--disable-hot-restart",
                                        "--log-level", "warn"], log=f"{key}.log")
         gw_cfg = stack.write("portcullis.yaml", portcullis_config(ports["gw"], ports["admin"], op, ports["up"],
@@ -377,7 +410,7 @@ def main():
         gw = stack.spawn([os.path.join(args.release_dir, "portcullis"), "run", "--config", gw_cfg],
                          env=dict(os.environ, BENCH_SECRET="portcullis-secret"), log="portcullis.log")
         vm_cfg = stack.write("portcullis-vm.yaml",
-                             portcullis_config(ports["gw_vm"], ports["admin_vm"], op, ports["up"], "vm"))
+                             portcullis_config(ports["gw_vm"], ports["admin_vm"], op, ports["up"], "interpreter"))
         gw_vm = stack.spawn([os.path.join(args.release_dir, "portcullis"), "run", "--config", vm_cfg],
                             env=dict(os.environ, BENCH_SECRET="portcullis-secret"), log="portcullis-vm.log")
         otlp_sink(ports["otlp"])
@@ -391,17 +424,19 @@ def main():
         gw_base = None
         if args.baseline:
             base_cfg = stack.write("portcullis-base.yaml", portcullis_config(ports["gw_base"], ports["admin_base"],
-                                                                             op, ports["up"]))
+                                                                             op, ports["up"], args.baseline_engine))
             gw_base = stack.spawn([args.baseline, "run", "--config", base_cfg],
                                   env=dict(os.environ, BENCH_SECRET="portcullis-secret"), log="portcullis-base.log")
         bases = ["gw_base"] if gw_base else []
-        for key in ["up", "nginx", "pingora", "envoy", "envoy_jwt", "envoy_authz", "gw", "gw_vm", "gw_otel"] + bases:
+        for key in ["up", "nginx", "pingora", "envoy", "envoy_jwt", "envoy_rbac", "envoy_authz", "gw", "gw_vm", "gw_otel"] + bases:
             wait(f"http://127.0.0.1:{ports[key]}/", any_status=True)
         for key in ["admin", "admin_vm", "admin_otel"] + (["admin_base"] if gw_base else []):
             wait(f"http://127.0.0.1:{ports[key]}/readyz")
 
         bearer = {"Authorization": f"Bearer {token}"}
-        inv = "/invoices/finance/INV-1"
+        # Every request names another invoice and carries another reference in its query (oha
+        # --rand-regex-url), so nothing keyed on the path or query can answer from a cache.
+        inv = r"/invoices/finance/INV-[0-9]{8}\?ref=[a-z0-9]{10}"
         mcp_headers = dict(bearer, **{"content-type": "application/json",
                                       "accept": "application/json, text/event-stream",
                                       "mcp-protocol-version": "2025-06-18"})
@@ -415,13 +450,15 @@ def main():
             {"name": "nginx", "url": url("nginx", inv), "proc": nginx, "headers": {}},
             {"name": "envoy", "url": url("envoy", inv), "proc": envoys["envoy"], "headers": {}},
             {"name": "envoy+jwt_authn", "url": url("envoy_jwt", inv), "proc": envoys["envoy_jwt"], "headers": bearer},
+            {"name": "envoy+jwt_authn+rbac", "url": url("envoy_rbac", inv), "proc": envoys["envoy_rbac"],
+             "headers": bearer},
             # Both processes work for each request: CPU per request is Envoy's + portcullis's.
             {"name": "envoy+ext_authz(portcullis jwt+rego)", "url": url("envoy_authz", inv),
              "proc": envoys["envoy_authz"], "extra_procs": [gw], "headers": bearer},
             {"name": "portcullis passthrough", "url": url("gw", "/pass" + inv), "proc": gw, "headers": {}},
             {"name": "portcullis jwt", "url": url("gw", "/jwt" + inv), "proc": gw, "headers": bearer},
             {"name": "portcullis jwt+rego", "url": url("gw", inv), "proc": gw, "headers": bearer},
-            {"name": "portcullis jwt+rego (engine: vm)", "url": url("gw_vm", inv), "proc": gw_vm,
+            {"name": "portcullis jwt+rego (engine: interpreter)", "url": url("gw_vm", inv), "proc": gw_vm,
              "headers": bearer},
             {"name": "portcullis jwt+rego (traced)", "url": url("gw_otel", inv), "proc": gw_otel,
              "headers": bearer},
@@ -429,7 +466,7 @@ def main():
              "headers": dict(bearer, Host="roles.bench")},
             {"name": "portcullis jwt+rego+exchange", "url": url("gw", inv), "proc": gw,
              "headers": dict(bearer, Host="exchange.bench")},
-            {"name": "portcullis mcp tools/call", "url": url("gw", "/mcp"), "proc": gw, "headers": mcp_headers,
+            {"name": "portcullis mcp tools/call", "url": url("gw", r"/mcp\?ref=[a-z0-9]{10}"), "proc": gw, "headers": mcp_headers,
              "body": MCP_BODY},
         ]
         if gw_base:
@@ -443,7 +480,7 @@ def main():
         # Every target answers 200 before measuring (and caches are warm).
         for t in targets:
             data = t.get("body", "").encode() or None
-            status, _ = http("POST" if data else "GET", t["url"], data, t["headers"])
+            status, _ = http("POST" if data else "GET", sample_url(t["url"]), data, t["headers"])
             assert status == 200, (t["name"], status)
         trials = []
         for i in range(args.trials):

@@ -46,11 +46,13 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyEngine {
-    /// regorus's interpreter, strict builtin errors: any evaluation error denies.
+    /// The Rego VM for every package it answers exactly as the interpreter would (no
+    /// arithmetic, boolean operators or possibly conflicting rules), else the interpreter.
     #[default]
+    Auto,
+    /// regorus's interpreter, strict builtin errors: any evaluation error denies.
     Interpreter,
-    /// regorus's Rego VM, opt-in (falls back to the interpreter per package, logged); in
-    /// regorus 0.14.1 a builtin error makes a rule undefined instead of failing (docs/policies.md).
+    /// The Rego VM for every package it compiles (docs/policies.md: where it differs).
     Vm,
 }
 

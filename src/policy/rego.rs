@@ -1,23 +1,25 @@
 //! Rego with regorus: every `*.rego` under the policy directory is compiled into one engine at
 //! load time and warmed up. Each route's `decision` rule is then compiled to regorus's Rego VM
-//! (RVM) bytecode, and each request runs a fresh VM on that shared program; with
-//! `engine: interpreter` (or for a package the VM cannot take) a request evaluates a clone of
-//! the prepared engine instead. Both run under a wall-clock limit. Undefined results, errors
-//! and time-outs never allow.
+//! (RVM) bytecode ([`vm`]), run on a per-thread VM; a builtin error there sends the request to
+//! the interpreter ([`guard`]). With `engine: interpreter`, for a package the VM cannot take,
+//! and under `engine: auto` for one the VM could answer differently, a request evaluates a
+//! clone of the prepared engine instead. Both run under a wall-clock limit. Undefined results,
+//! errors and time-outs never allow.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use regorus::languages::rego::compiler::Compiler;
-use regorus::rvm::{Program, RegoVM};
 use regorus::utils::limits::ExecutionTimerConfig;
-use regorus::{CompiledPolicy, Engine, Value};
+use regorus::{Engine, Value};
 
 use super::{ApprovalRequest, Decision, Refusal};
 use crate::config::model::PolicyEngine;
+use vm::{VmAnswer, VmProgram};
+
+mod guard;
+mod vm;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyLoadError {
@@ -42,35 +44,38 @@ pub struct PolicySet {
     digest: String,
     /// RVM programs by entry point (`data.<package>.decision`).
     programs: HashMap<String, VmProgram>,
+    /// Per entry point: "the Rego VM", or "the interpreter (why)".
+    evaluators: HashMap<String, String>,
     timer: ExecutionTimerConfig,
 }
 
-#[derive(Clone)]
-struct VmProgram {
-    policy: CompiledPolicy,
-    program: Arc<Program>,
-}
-
-impl VmProgram {
-    fn compile(engine: &Engine, entry: &str) -> Result<VmProgram, String> {
-        let mut engine = engine.clone();
-        let policy = engine
-            .compile_with_entrypoint(&entry.into())
-            .map_err(|e| e.to_string())?;
-        let program =
-            Compiler::compile_from_policy(&policy, &[entry]).map_err(|e| e.to_string())?;
-        Ok(VmProgram { policy, program })
+/// The VM program for `entry` under `kind`, or why the interpreter evaluates it. `expected`
+/// is the interpreter's answer to the warm-up input.
+fn choose(
+    engine: &Engine,
+    entry: &str,
+    kind: PolicyEngine,
+    timer: ExecutionTimerConfig,
+    expected: &Value,
+) -> Result<VmProgram, String> {
+    if kind == PolicyEngine::Interpreter {
+        return Err("policies.engine: interpreter".into());
     }
-
-    fn run(&self, input: Value, timer: ExecutionTimerConfig) -> Result<Value, String> {
-        let mut vm = RegoVM::new_with_policy(self.policy.clone());
-        vm.load_program(Arc::clone(&self.program));
-        vm.set_strict_builtin_errors(true);
-        // The wall-clock limit bounds evaluation, as with the interpreter.
-        vm.set_max_instructions(usize::MAX);
-        vm.set_execution_timer_config(Some(timer));
-        vm.set_input(input);
-        vm.execute().map_err(|e| e.to_string())
+    let program = VmProgram::compile(engine, entry)
+        .map_err(|e| format!("the Rego VM cannot compile it: {e}"))?;
+    if kind == PolicyEngine::Auto {
+        if let Some(why) = program.divergence() {
+            return Err(format!("the Rego VM could answer it differently: {why}"));
+        }
+    }
+    match program.run(sample_input(), timer) {
+        Ok(VmAnswer::Value(answer)) if &answer == expected => Ok(program),
+        // The warm-up input gets the default: the interpreter checks that answer anyway.
+        Ok(VmAnswer::Recheck) => Ok(program),
+        Ok(VmAnswer::Value(answer)) => Err(format!(
+            "the Rego VM answers the warm-up input {answer} instead of {expected}"
+        )),
+        Err(e) => Err(format!("the Rego VM fails on the warm-up input: {e}")),
     }
 }
 
@@ -150,12 +155,14 @@ impl PolicySet {
                 files: Vec::new(),
                 digest: String::new(),
                 programs: HashMap::new(),
+                evaluators: HashMap::new(),
                 timer,
             });
         }
         let (mut engine, files, digest) = engine_and_digest(dir, false)?;
         engine.set_execution_timer_config(timer);
         let mut programs = HashMap::new();
+        let mut evaluators = HashMap::new();
         let declared = engine
             .get_packages()
             .map_err(|e| PolicyLoadError::Compile {
@@ -183,23 +190,17 @@ impl PolicySet {
             // Prepare the shared engine too, so per-request clones start analysed.
             engine.set_input(sample_input());
             let _ = engine.eval_rule(entrypoint(package));
-            if kind == PolicyEngine::Vm {
-                let entry = entrypoint(package);
-                match VmProgram::compile(&engine, &entry)
-                    .and_then(|p| p.run(sample_input(), timer).map(|v| (p, v)))
-                {
-                    Ok((program, answer)) if answer == result => {
-                        programs.insert(entry, program);
+            let entry = entrypoint(package);
+            match choose(&engine, &entry, kind, timer, &result) {
+                Ok(program) => {
+                    programs.insert(entry.clone(), program);
+                    evaluators.insert(entry, "the Rego VM".to_string());
+                }
+                Err(why) => {
+                    if kind != PolicyEngine::Interpreter {
+                        tracing::info!(package = %package, reason = %why, "package runs on the interpreter");
                     }
-                    Ok((_, answer)) => tracing::warn!(
-                        package = %package,
-                        vm = %answer, interpreter = %result,
-                        "the Rego VM answers the warm-up input differently; using the interpreter"
-                    ),
-                    Err(e) => tracing::warn!(
-                        package = %package, error = %e,
-                        "the Rego VM cannot run this package; using the interpreter"
-                    ),
+                    evaluators.insert(entry, format!("the interpreter ({why})"));
                 }
             }
         }
@@ -208,8 +209,16 @@ impl PolicySet {
             files,
             digest,
             programs,
+            evaluators,
             timer,
         })
+    }
+
+    /// What evaluates `entrypoint`, and why not the VM: for `portcullis check`.
+    pub fn evaluator(&self, entrypoint: &str) -> &str {
+        self.evaluators
+            .get(entrypoint)
+            .map_or("no policy", String::as_str)
     }
 
     /// Whether `entrypoint` runs on the Rego VM (else on the interpreter).
@@ -229,16 +238,30 @@ impl PolicySet {
     /// Evaluate `data.<package>.decision` on `input`.
     pub fn decide(&self, entrypoint: &str, input: Value) -> Result<Decision, String> {
         let value = match self.programs.get(entrypoint) {
-            Some(program) => program.run(input, self.timer)?,
-            None => {
-                let mut engine = self.engine.clone();
-                engine.set_input(input);
-                engine
-                    .eval_rule(entrypoint.to_string())
-                    .map_err(|e| e.to_string())?
-            }
+            Some(program) => match program.run(input.clone(), self.timer)? {
+                VmAnswer::Value(v) => v,
+                // The strict interpreter's answer counts (vm::VmAnswer::Recheck).
+                VmAnswer::Recheck => self.interpret_rule(entrypoint, input)?,
+            },
+            None => self.interpret_rule(entrypoint, input)?,
         };
         interpret(&value)
+    }
+
+    fn interpret_rule(&self, entrypoint: &str, input: Value) -> Result<Value, String> {
+        let mut engine = self.engine.clone();
+        engine.set_input(input);
+        engine
+            .eval_rule(entrypoint.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Why `entrypoint`'s package runs on the interpreter under `engine: auto` although the VM
+    /// compiles it (`None`: it runs on the VM, or the VM cannot compile it).
+    pub fn vm_divergence(&self, entrypoint: &str) -> Option<String> {
+        VmProgram::compile(&self.engine, entrypoint)
+            .ok()?
+            .divergence()
     }
 }
 

@@ -22,28 +22,30 @@ const HOP_BY_HOP: &[&str] = &[
 /// Hop-by-hop headers present in `headers`, including those the `Connection` header names. A
 /// WebSocket-style upgrade keeps `connection: upgrade` and `upgrade` so pingora can proxy it.
 pub fn hop_by_hop(headers: &HeaderMap) -> Vec<String> {
-    let upgrade = headers.contains_key(http::header::UPGRADE)
-        && headers.get_all(http::header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.to_ascii_lowercase().contains("upgrade"))
-        });
-    let named: Vec<String> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty() && s != "upgrade" && s != "close" && s != "keep-alive")
-        .collect();
-    let fixed = HOP_BY_HOP
-        .iter()
-        .filter(|n| !(upgrade && (**n == "connection" || **n == "upgrade")))
-        .map(|n| n.to_string());
-    named
-        .into_iter()
-        .chain(fixed)
-        .filter(|n| headers.contains_key(n.as_str()))
-        .collect()
+    let mut out = Vec::new();
+    let connection = headers.get_all(http::header::CONNECTION);
+    let mut upgrade = false;
+    for value in connection.iter().filter_map(|v| v.to_str().ok()) {
+        for name in value.split(',').map(str::trim) {
+            if name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            } else if !name.is_empty()
+                && !name.eq_ignore_ascii_case("close")
+                && !name.eq_ignore_ascii_case("keep-alive")
+                && headers.contains_key(name)
+            {
+                out.push(name.to_ascii_lowercase());
+            }
+        }
+    }
+    upgrade &= headers.contains_key(http::header::UPGRADE);
+    for name in HOP_BY_HOP {
+        let kept = upgrade && (*name == "connection" || *name == "upgrade");
+        if !kept && headers.contains_key(*name) && !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    out
 }
 
 /// The client's `X-Request-Id` if it is sane (≤ 128 visible ASCII characters), else a new one.

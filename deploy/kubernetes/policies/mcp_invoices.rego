@@ -3,7 +3,7 @@
 # tools/call without arguments, with input.mcp.listing = true).
 #
 # - read_invoice needs the effective scope invoices:read;
-# - pay_invoice needs invoices:pay, and the user's approval over 1000;
+# - pay_invoice needs invoices:pay, well-typed arguments, and the user's approval over 1000;
 # - delete_all is never allowed for agents;
 # - protocol messages (initialize, tools/list, notifications, ...) are allowed.
 package mcp_invoices
@@ -22,6 +22,10 @@ decision := {"allow": true, "reason": "protocol message"} if {
 } else := {"allow": false, "reason": "paying needs the invoices:pay scope"} if {
 	input.mcp.tool == "pay_invoice"
 	not "invoices:pay" in input.subject.scopes
+} else := {"allow": false, "reason": "pay_invoice needs a string invoice_id and a numeric amount"} if {
+	input.mcp.tool == "pay_invoice"
+	not input.mcp.listing
+	not well_formed_payment
 } else := {
 	"allow": true,
 	"reason": "payments over 1000 need the user's approval",
@@ -34,4 +38,12 @@ decision := {"allow": true, "reason": "protocol message"} if {
 	input.mcp.arguments.amount > 1000
 } else := {"allow": true, "reason": "payment within the limit"} if {
 	input.mcp.tool == "pay_invoice"
+}
+
+# A call whose arguments are of other types must not reach the amount check: in Rego a string
+# compares greater than any number, and a missing invoice_id would leave the approval branch
+# without a value (so the next branch, "within the limit", would allow it).
+well_formed_payment if {
+	is_string(input.mcp.arguments.invoice_id)
+	is_number(input.mcp.arguments.amount)
 }

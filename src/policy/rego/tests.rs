@@ -111,10 +111,12 @@ fn vm_time_limit_denies() {
 fn vm_and_interpreter_agree_on_the_example_policies() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let packages = ["invoices", "mcp_invoices", "calendar"];
-    let vm = PolicySet::load(&dir, &packages, MS_50, PolicyEngine::Vm).unwrap();
+    // `auto` (the default) puts every example package on the VM.
+    let vm = PolicySet::load(&dir, &packages, MS_50, PolicyEngine::Auto).unwrap();
     let interp = PolicySet::load(&dir, &packages, MS_50, PolicyEngine::Interpreter).unwrap();
     for p in packages {
         assert!(vm.on_vm(&super::entrypoint(p)), "{p} runs on the VM");
+        assert_eq!(vm.vm_divergence(&super::entrypoint(p)), None);
         assert!(!interp.on_vm(&super::entrypoint(p)));
     }
     let subject = |scopes: &str, dept: &str| {
@@ -158,6 +160,42 @@ fn vm_and_interpreter_agree_on_the_example_policies() {
             "finance",
         ),
         ("DELETE", "/invoices", "null", both, "finance"),
+        // Values of unexpected types: builtins fail or compare across types.
+        (
+            "POST",
+            "/invoices/finance/INV-1/pay",
+            r#"{"amount":null}"#,
+            both,
+            "finance",
+        ),
+        (
+            "POST",
+            "/invoices/finance/INV-1/pay",
+            r#"{"amount":[1]}"#,
+            both,
+            "finance",
+        ),
+        (
+            "POST",
+            "/invoices/finance/INV-1/pay",
+            r#"{"amount":5000,"currency":7}"#,
+            both,
+            "finance",
+        ),
+        (
+            "POST",
+            "/invoices/finance/INV-1/pay",
+            r#"[1,2]"#,
+            both,
+            "finance",
+        ),
+        (
+            "GET",
+            "/invoices/finance/INV-1",
+            "null",
+            r#""invoices:read",7"#,
+            "finance",
+        ),
     ] {
         let doc = format!(
             r#"{{"request":{{"method":"{method}","path":"{path}"}},"body":{body},"subject":{}}}"#,
@@ -207,6 +245,18 @@ fn vm_and_interpreter_agree_on_the_example_policies() {
         );
         cases.push(("calendar", doc));
     }
+    // Whole fields of the wrong type: a non-string path makes `trim_prefix` fail (the
+    // interpreter's error must win on the VM too), a numeric department compares across types.
+    for doc in [
+        r#"{"request":{"method":"GET","path":42},"subject":{"scopes":["invoices:read"],"claims":{"dept":"finance"}}}"#,
+        r#"{"request":{"method":"GET","path":"/invoices/7/INV-1"},"subject":{"scopes":["invoices:read"],"claims":{"dept":7}}}"#,
+        r#"{"request":{"method":"GET","path":"/invoices/finance/INV-1"},"subject":{"scopes":"invoices:read","claims":{"dept":"finance"}}}"#,
+        r#"{"request":{"method":7,"path":"/invoices/finance/INV-1"},"subject":{"scopes":["invoices:read"],"claims":{}}}"#,
+    ] {
+        cases.push(("invoices", doc.to_string()));
+    }
+    cases.push(("mcp_invoices", r#"{"mcp":{"method":"tools/call","tool":"pay_invoice","arguments":{"amount":"5000"}},"subject":{"scopes":["invoices:read","invoices:pay"]}}"#.to_string()));
+    cases.push(("mcp_invoices", r#"{"mcp":{"method":"tools/call","tool":7,"arguments":null},"subject":{"scopes":["invoices:read"]}}"#.to_string()));
     for (package, doc) in cases {
         let entry = super::entrypoint(package);
         let a = vm.decide(&entry, v(&doc));
@@ -216,26 +266,82 @@ fn vm_and_interpreter_agree_on_the_example_policies() {
 }
 
 /// A builtin error inside a rule body: the interpreter (strict) fails the evaluation, so
-/// the gateway denies with `policy_error`; regorus 0.14.1's VM makes that rule undefined
-/// instead (OPA's non-strict semantics), so the `default` applies. This pins the caveat
-/// documented for `engine: vm`.
+/// the gateway denies with `policy_error`. regorus 0.14.1's VM alone would make that body
+/// fail (the `default` would apply, and `not helper` would turn true); the guards send the
+/// request to the interpreter, so the VM path fails the same way.
 #[test]
-fn builtin_errors_fail_the_interpreter_and_are_undefined_on_the_vm() {
+fn builtin_errors_fail_on_the_vm_as_on_the_interpreter() {
     let dir = policy_dir(&[(
         "f.rego",
         "package fragile\ndefault decision := {\"allow\": false, \"reason\": \"default\"}\n\
-         decision := {\"allow\": to_number(input.request.headers[\"x-amount\"]) > 0}\n",
+         decision := {\"allow\": to_number(input.request.headers[\"x-amount\"]) > 0}\n\
+         blocked if to_number(input.request.headers[\"x-block\"]) > 0\n\
+         open := {\"allow\": true} if not blocked\n",
     )]);
-    let input = || v(r#"{"request":{"headers":{"x-amount":"nan"}}}"#);
-    let entry = "data.fragile.decision";
-    let interp = PolicySet::load(dir.path(), &["fragile"], MS_50, PolicyEngine::Interpreter);
-    let err = interp.unwrap().decide(entry, input()).unwrap_err();
-    assert!(err.contains("could not parse string as number"), "{err}");
-    let vm = PolicySet::load(dir.path(), &["fragile"], MS_50, PolicyEngine::Vm).unwrap();
+    let input = || v(r#"{"request":{"headers":{"x-amount":"nan","x-block":"nan"}}}"#);
+    for kind in [
+        PolicyEngine::Interpreter,
+        PolicyEngine::Auto,
+        PolicyEngine::Vm,
+    ] {
+        let set = PolicySet::load(dir.path(), &["fragile"], MS_50, kind).unwrap();
+        assert_eq!(
+            set.on_vm("data.fragile.decision"),
+            kind != PolicyEngine::Interpreter
+        );
+        for entry in ["data.fragile.decision", "data.fragile.open"] {
+            let err = set.decide(entry, input()).unwrap_err();
+            assert!(
+                err.contains("could not parse string as number"),
+                "{kind:?} {entry}: {err}"
+            );
+        }
+        // Well-typed input: no error, and the VM's answer stands.
+        let ok = v(r#"{"request":{"headers":{"x-amount":"3","x-block":"0"}}}"#);
+        assert_eq!(
+            set.decide("data.fragile.decision", ok.clone()),
+            Ok(Decision::Allow)
+        );
+        assert_eq!(set.decide("data.fragile.open", ok), Ok(Decision::Allow));
+    }
+}
+
+/// `auto` keeps on the interpreter a package whose answer the VM could change (arithmetic,
+/// conflicting rule values); `vm` runs it on the VM anyway.
+#[test]
+fn auto_keeps_divergent_packages_on_the_interpreter() {
+    let dir = policy_dir(&[
+        (
+            "a.rego",
+            "package arith\ndefault decision := {\"allow\": false}\n\
+             decision := {\"allow\": true} if input.n / 2 > 1\n",
+        ),
+        (
+            "c.rego",
+            "package conflict\ndefault decision := {\"allow\": false}\n\
+             level := 1 if input.a\nlevel := 2 if input.b\n\
+             decision := {\"allow\": true, \"reason\": \"no level\"} if not level\n",
+        ),
+    ]);
+    let auto = PolicySet::load(
+        dir.path(),
+        &["arith", "conflict"],
+        MS_50,
+        PolicyEngine::Auto,
+    )
+    .unwrap();
+    let vm = PolicySet::load(dir.path(), &["arith", "conflict"], MS_50, PolicyEngine::Vm).unwrap();
+    for p in ["data.arith.decision", "data.conflict.decision"] {
+        assert!(!auto.on_vm(p), "{p}");
+        assert!(vm.on_vm(p), "{p}");
+        assert!(auto.vm_divergence(p).is_some(), "{p}");
+    }
+    // Where they differ: conflicting values fail the interpreter (deny); the VM makes `level`
+    // undefined, so `not level` holds and it allows.
+    let both = v(r#"{"a":true,"b":true}"#);
+    assert!(auto.decide("data.conflict.decision", both.clone()).is_err());
     assert_eq!(
-        vm.decide(entry, input()),
-        Ok(Decision::Deny(Refusal::PolicyDenied {
-            reason: "default".into()
-        }))
+        vm.decide("data.conflict.decision", both),
+        Ok(Decision::Allow)
     );
 }
