@@ -7,6 +7,8 @@ mod fixture;
 
 #[path = "props/config.rs"]
 mod config;
+#[path = "props/evaluators.rs"]
+mod evaluators;
 #[path = "props/mcp.rs"]
 mod mcp;
 #[path = "props/policy_input.rs"]
