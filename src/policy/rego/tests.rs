@@ -345,3 +345,20 @@ fn auto_keeps_divergent_packages_on_the_interpreter() {
         Ok(Decision::Allow)
     );
 }
+
+/// A thread keeps one VM per program it ran, and lets go of the VMs of programs whose
+/// configuration was replaced (here: 40 reloads leave one VM).
+#[test]
+fn vms_of_replaced_configurations_are_dropped() {
+    let dir = policy_dir(&[(
+        "p.rego",
+        "package p\ndefault decision := {\"allow\": false}\n\
+         decision := {\"allow\": true} if input.request.method == \"GET\"\n",
+    )]);
+    for _ in 0..40 {
+        let set = PolicySet::load(dir.path(), &["p"], MS_50, PolicyEngine::Auto).unwrap();
+        let get = v(r#"{"request":{"method":"GET"}}"#);
+        assert_eq!(set.decide("data.p.decision", get), Ok(Decision::Allow));
+    }
+    assert_eq!(super::vm::thread_vms(), 1);
+}

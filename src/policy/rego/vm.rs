@@ -15,11 +15,15 @@ use regorus::{CompiledPolicy, Engine, Value};
 
 use super::guard;
 
-/// VMs kept per thread (one per program: routes × reloads still referenced).
+/// VMs kept per thread, one per program (a configuration's routes; older configurations'
+/// programs go once nothing else holds them).
 const VMS_PER_THREAD: usize = 16;
 
+/// A thread's VM for one program, with the program (whose address is the key).
+type ThreadVm = (Arc<Program>, RegoVM);
+
 thread_local! {
-    static VMS: RefCell<Vec<(usize, RegoVM)>> = const { RefCell::new(Vec::new()) };
+    static VMS: RefCell<Vec<ThreadVm>> = const { RefCell::new(Vec::new()) };
 }
 
 #[derive(Clone)]
@@ -119,16 +123,17 @@ impl VmProgram {
 
     /// Evaluate on this thread's VM for the program.
     pub fn run(&self, input: Value, timer: ExecutionTimerConfig) -> Result<VmAnswer, String> {
-        let key = Arc::as_ptr(&self.program) as usize;
         VMS.with(|cell| {
             let mut vms = cell.borrow_mut();
-            let at = match vms.iter().position(|(k, _)| *k == key) {
+            let at = match vms.iter().position(|(p, _)| Arc::ptr_eq(p, &self.program)) {
                 Some(at) => at,
                 None => {
+                    // Held here and by the VM only: its configuration was replaced.
+                    vms.retain(|(p, _)| Arc::strong_count(p) > 2);
                     if vms.len() == VMS_PER_THREAD {
                         vms.remove(0);
                     }
-                    vms.push((key, self.new_vm(timer)));
+                    vms.push((Arc::clone(&self.program), self.new_vm(timer)));
                     vms.len() - 1
                 }
             };
@@ -146,4 +151,10 @@ impl VmProgram {
             }
         })
     }
+}
+
+/// VMs this thread keeps (for tests).
+#[cfg(test)]
+pub fn thread_vms() -> usize {
+    VMS.with(|cell| cell.borrow().len())
 }
