@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod explain;
 pub mod ext_authz;
 pub mod gateway;
+pub mod logformat;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;

@@ -203,10 +203,7 @@ fn init_tracing(otlp: Option<&portcullis::config::telemetry::OtlpSpec>) -> Worke
             .init();
     } else {
         let logs = tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
+            .event_format(portcullis::logformat::JsonLines)
             .with_writer(writer);
         registry
             .with(logs.with_filter(filter))
