@@ -44,9 +44,8 @@ pub struct PolicySet {
     digest: String,
     /// RVM programs by entry point (`data.<package>.decision`).
     programs: HashMap<String, VmProgram>,
-    /// Per entry point: "the Rego VM", or "the interpreter (why)".
-    evaluators: HashMap<String, String>,
-    timer: ExecutionTimerConfig,
+    /// Why the interpreter evaluates an entry point that has no VM program.
+    interpreted: HashMap<String, String>,
 }
 
 /// The VM program for `entry` under `kind`, or why the interpreter evaluates it. `expected`
@@ -61,14 +60,14 @@ fn choose(
     if kind == PolicyEngine::Interpreter {
         return Err("policies.engine: interpreter".into());
     }
-    let program = VmProgram::compile(engine, entry)
+    let program = VmProgram::compile(engine, entry, timer)
         .map_err(|e| format!("the Rego VM cannot compile it: {e}"))?;
     if kind == PolicyEngine::Auto {
         if let Some(why) = program.divergence() {
             return Err(format!("the Rego VM could answer it differently: {why}"));
         }
     }
-    match program.run(sample_input(), timer) {
+    match program.run(sample_input()) {
         Ok(VmAnswer::Value(answer)) if &answer == expected => Ok(program),
         // The warm-up input gets the default: the interpreter checks that answer anyway.
         Ok(VmAnswer::Recheck) => Ok(program),
@@ -155,14 +154,13 @@ impl PolicySet {
                 files: Vec::new(),
                 digest: String::new(),
                 programs: HashMap::new(),
-                evaluators: HashMap::new(),
-                timer,
+                interpreted: HashMap::new(),
             });
         }
         let (mut engine, files, digest) = engine_and_digest(dir, false)?;
         engine.set_execution_timer_config(timer);
         let mut programs = HashMap::new();
-        let mut evaluators = HashMap::new();
+        let mut interpreted = HashMap::new();
         let declared = engine
             .get_packages()
             .map_err(|e| PolicyLoadError::Compile {
@@ -193,14 +191,13 @@ impl PolicySet {
             let entry = entrypoint(package);
             match choose(&engine, &entry, kind, timer, &result) {
                 Ok(program) => {
-                    programs.insert(entry.clone(), program);
-                    evaluators.insert(entry, "the Rego VM".to_string());
+                    programs.insert(entry, program);
                 }
                 Err(why) => {
                     if kind != PolicyEngine::Interpreter {
                         tracing::info!(package = %package, reason = %why, "package runs on the interpreter");
                     }
-                    evaluators.insert(entry, format!("the interpreter ({why})"));
+                    interpreted.insert(entry, why);
                 }
             }
         }
@@ -209,16 +206,19 @@ impl PolicySet {
             files,
             digest,
             programs,
-            evaluators,
-            timer,
+            interpreted,
         })
     }
 
     /// What evaluates `entrypoint`, and why not the VM: for `portcullis check`.
-    pub fn evaluator(&self, entrypoint: &str) -> &str {
-        self.evaluators
-            .get(entrypoint)
-            .map_or("no policy", String::as_str)
+    pub fn evaluator(&self, entrypoint: &str) -> String {
+        if self.on_vm(entrypoint) {
+            return "the Rego VM".to_string();
+        }
+        self.interpreted.get(entrypoint).map_or_else(
+            || "no policy".to_string(),
+            |why| format!("the interpreter ({why})"),
+        )
     }
 
     /// Whether `entrypoint` runs on the Rego VM (else on the interpreter).
@@ -238,7 +238,7 @@ impl PolicySet {
     /// Evaluate `data.<package>.decision` on `input`.
     pub fn decide(&self, entrypoint: &str, input: Value) -> Result<Decision, String> {
         let value = match self.programs.get(entrypoint) {
-            Some(program) => match program.run(input.clone(), self.timer)? {
+            Some(program) => match program.run(input.clone())? {
                 VmAnswer::Value(v) => v,
                 // The strict interpreter's answer counts (vm::VmAnswer::Recheck).
                 VmAnswer::Recheck => self.interpret_rule(entrypoint, input)?,
@@ -254,14 +254,6 @@ impl PolicySet {
         engine
             .eval_rule(entrypoint.to_string())
             .map_err(|e| e.to_string())
-    }
-
-    /// Why `entrypoint`'s package runs on the interpreter under `engine: auto` although the VM
-    /// compiles it (`None`: it runs on the VM, or the VM cannot compile it).
-    pub fn vm_divergence(&self, entrypoint: &str) -> Option<String> {
-        VmProgram::compile(&self.engine, entrypoint)
-            .ok()?
-            .divergence()
     }
 }
 

@@ -29,10 +29,12 @@ thread_local! {
 #[derive(Clone)]
 pub struct VmProgram {
     policy: CompiledPolicy,
-    pub(super) program: Arc<Program>,
+    program: Arc<Program>,
     /// The entry rule's name (`data.<package>.decision`) and `default` value, if any.
     entry: String,
     default: Option<Value>,
+    /// The wall-clock limit of a run, as with the interpreter.
+    timer: ExecutionTimerConfig,
 }
 
 /// What a VM run says.
@@ -46,7 +48,11 @@ pub enum VmAnswer {
 }
 
 impl VmProgram {
-    pub fn compile(engine: &Engine, entry: &str) -> Result<VmProgram, String> {
+    pub fn compile(
+        engine: &Engine,
+        entry: &str,
+        timer: ExecutionTimerConfig,
+    ) -> Result<VmProgram, String> {
         let mut engine = engine.clone();
         let policy = engine
             .compile_with_entrypoint(&entry.into())
@@ -66,6 +72,7 @@ impl VmProgram {
             program: Arc::new(program),
             entry: entry.to_string(),
             default,
+            timer,
         })
     }
 
@@ -109,7 +116,7 @@ impl VmProgram {
         None
     }
 
-    fn new_vm(&self, timer: ExecutionTimerConfig) -> RegoVM {
+    fn new_vm(&self) -> RegoVM {
         let mut vm = RegoVM::new_with_policy(self.policy.clone());
         vm.load_program(Arc::clone(&self.program));
         // Comparisons across types follow Rego's total order, as on the interpreter (the
@@ -117,12 +124,12 @@ impl VmProgram {
         vm.set_strict_builtin_errors(false);
         // The wall-clock limit bounds evaluation, as with the interpreter.
         vm.set_max_instructions(usize::MAX);
-        vm.set_execution_timer_config(Some(timer));
+        vm.set_execution_timer_config(Some(self.timer));
         vm
     }
 
     /// Evaluate on this thread's VM for the program.
-    pub fn run(&self, input: Value, timer: ExecutionTimerConfig) -> Result<VmAnswer, String> {
+    pub fn run(&self, input: Value) -> Result<VmAnswer, String> {
         VMS.with(|cell| {
             let mut vms = cell.borrow_mut();
             let at = match vms.iter().position(|(p, _)| Arc::ptr_eq(p, &self.program)) {
@@ -133,7 +140,7 @@ impl VmProgram {
                     if vms.len() == VMS_PER_THREAD {
                         vms.remove(0);
                     }
-                    vms.push((Arc::clone(&self.program), self.new_vm(timer)));
+                    vms.push((Arc::clone(&self.program), self.new_vm()));
                     vms.len() - 1
                 }
             };
