@@ -567,6 +567,19 @@ pub fn parts(r: reqwest::blocking::Response) -> (u16, Option<String>, Value) {
     (status, challenge, body)
 }
 
+/// Assert that `r` is a refusal with `status` and JSON `error` code `code`; its
+/// `WWW-Authenticate` and body.
+#[track_caller]
+pub fn refused(r: reqwest::blocking::Response, status: u16, code: &str) -> (Option<String>, Value) {
+    let (got, challenge, body) = parts(r);
+    assert_eq!(
+        (got, body["error"].as_str()),
+        (status, Some(code)),
+        "{body}"
+    );
+    (challenge, body)
+}
+
 /// A gateway with the standard routes in front of a fresh upstream, using the shared OP.
 pub fn standard() -> (&'static Op, Upstream, Gw) {
     let op = shared_op();
